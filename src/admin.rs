@@ -1,0 +1,139 @@
+//! The `/_lb/*` endpoints, answered by the balancer itself and never forwarded. They only read
+//! the pool snapshot.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use http::{Method, Request, Response, StatusCode, header};
+use serde::Serialize;
+
+use crate::pool::Snapshot;
+use crate::proxy::{ResponseBody, json_response};
+use crate::upstream;
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    healthy: usize,
+    backends: Vec<BackendView<'a>>,
+    recently_left: Vec<DepartureView<'a>>,
+    last_sweep: Option<SweepView>,
+    upstream: UpstreamView,
+}
+
+#[derive(Serialize)]
+struct BackendView<'a> {
+    addr: String,
+    state: &'static str,
+    /// False while a member is kept out of routing after a request could not connect.
+    routed: bool,
+    since: String,
+    last_check_ms: Option<f64>,
+    consecutive_ok: u32,
+    consecutive_fail: u32,
+    requests: u64,
+    inflight: u64,
+    last_error: Option<&'a str>,
+}
+
+#[derive(Serialize)]
+struct DepartureView<'a> {
+    addr: String,
+    at: String,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct SweepView {
+    addresses: u64,
+    found: u64,
+    duration_ms: f64,
+    finished: String,
+}
+
+#[derive(Serialize)]
+struct UpstreamView {
+    /// Connections opened to backends since start.
+    connects: u64,
+    /// Requests sent on a kept-alive connection.
+    reused: u64,
+    idle: usize,
+}
+
+fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+pub fn respond<B>(req: &Request<B>, snapshot: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        let mut resp = json_response(
+            StatusCode::METHOD_NOT_ALLOWED,
+            r#"{"error":"only GET and HEAD"}"#.to_string(),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    match req.uri().path() {
+        "/_lb/health" => health(snapshot, upstream),
+        _ => json_response(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"unknown endpoint; try /_lb/health"}"#.to_string(),
+        ),
+    }
+}
+
+fn health(s: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
+    let healthy = s.healthy();
+    let view = Health {
+        status: if healthy > 0 { "ok" } else { "no healthy backend" },
+        healthy,
+        backends: s
+            .members
+            .iter()
+            .map(|m| BackendView {
+                addr: m.backend.addr.to_string(),
+                state: m.state.as_str(),
+                routed: m.routed,
+                since: timestamp(m.since),
+                last_check_ms: m.last_check.map(ms),
+                consecutive_ok: m.consecutive_ok,
+                consecutive_fail: m.consecutive_fail,
+                requests: m.backend.requests(),
+                inflight: m.backend.inflight(),
+                last_error: m.last_error.as_deref(),
+            })
+            .collect(),
+        recently_left: s
+            .recently_left
+            .iter()
+            .map(|d| DepartureView {
+                addr: d.addr.to_string(),
+                at: timestamp(d.at),
+                reason: &d.reason,
+            })
+            .collect(),
+        last_sweep: s.last_sweep.as_ref().map(|r| SweepView {
+            addresses: r.addresses,
+            found: r.found,
+            duration_ms: ms(r.duration),
+            finished: timestamp(r.finished),
+        }),
+        upstream: UpstreamView {
+            connects: upstream.stats.connects.load(Ordering::Relaxed),
+            reused: upstream.stats.reused.load(Ordering::Relaxed),
+            idle: upstream.idle_count(),
+        },
+    };
+    let status = if healthy > 0 {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#));
+    json_response(status, body)
+}

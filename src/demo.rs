@@ -1,0 +1,193 @@
+//! `sweeplb demo`: the one-command tour. Starts demo webapps on loopback addresses, a balancer
+//! sweeping that loopback range, and a few scripted clients that show stickiness, spread, and
+//! what happens when a backend dies and comes back. Everything stays on 127.77.0.0/24.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::webapp::Webapp;
+
+/// The demo's config: the repository's `config.yaml`, which sweeps 127.77.0.0/24.
+pub const CONFIG: &str = include_str!("../config.yaml");
+
+/// The demo webapps' addresses: 127.77.0.10 to 127.77.0.14.
+const BACKENDS: std::ops::Range<u8> = 10..15;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("demo client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("balancer: {0}")]
+    Balancer(std::io::Error),
+}
+
+struct Backend {
+    addr: SocketAddr,
+    stop: CancellationToken,
+}
+
+async fn start_backend(addr: SocketAddr, tasks: &TaskTracker, parent: &CancellationToken) -> Result<Backend, Error> {
+    let socket = tokio::net::TcpSocket::new_v4().map_err(|source| Error::Bind { addr, source })?;
+    let _ = socket.set_reuseaddr(true);
+    socket.bind(addr).map_err(|source| Error::Bind { addr, source })?;
+    let listener = socket.listen(1024).map_err(|source| Error::Bind { addr, source })?;
+    let stop = parent.child_token();
+    tasks.spawn(crate::webapp::run(listener, Arc::new(Webapp::new("sweeplb-webapp")), stop.clone()));
+    Ok(Backend { addr, stop })
+}
+
+#[derive(serde::Deserialize)]
+struct Page {
+    ip: String,
+    #[serde(rename = "sessionViews")]
+    views: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Health {
+    healthy: usize,
+}
+
+struct Client {
+    http: reqwest::Client,
+    url: String,
+}
+
+impl Client {
+    fn new(url: &str) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .cookie_store(true)
+            .no_proxy()
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        Ok(Client { http, url: url.to_string() })
+    }
+
+    async fn get(&self) -> Result<Page, Error> {
+        Ok(self.http.get(&self.url).send().await?.error_for_status()?.json().await?)
+    }
+}
+
+async fn wait_healthy(http: &reqwest::Client, base: &str, want: usize, within: Duration) -> Result<Duration, Error> {
+    let start = Instant::now();
+    loop {
+        if let Ok(resp) = http.get(format!("{base}/_lb/health")).send().await {
+            if let Ok(h) = resp.json::<Health>().await {
+                if h.healthy == want {
+                    return Ok(start.elapsed());
+                }
+            }
+        }
+        if start.elapsed() > within {
+            return Err(Error::Timeout(format!("the pool did not reach {want} healthy backends within {within:?}")));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(), Error> {
+    let tasks = TaskTracker::new();
+    let port = config.discovery.port;
+    let mut backends = Vec::new();
+    for last in BACKENDS {
+        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 0, last)), port);
+        backends.push(start_backend(addr, &tasks, &shutdown).await?);
+    }
+    let listen = config.listen;
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind { addr: listen, source })?;
+    let balancer = {
+        let shutdown = shutdown.clone();
+        tokio::spawn(crate::run(config.clone(), listener, shutdown))
+    };
+    let base = format!("http://{listen}");
+    let d = &config.discovery;
+    println!();
+    println!("sweeplb demo: {} webapps on 127.77.0.{}-{}:{port}, balancer on {base}", backends.len(), BACKENDS.start, BACKENDS.end - 1);
+    println!("  sweeping {:?} every {}, checking members every {}, rise {} fall {}",
+        d.subnets.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+        humantime::format_duration(d.sweep_interval), humantime::format_duration(d.check_interval), d.rise, d.fall);
+    println!("  open {base}/ in a browser (reload: sessionViews counts up), and {base}/_lb/health");
+    println!();
+
+    let story = async {
+        let probe = reqwest::Client::builder().no_proxy().build()?;
+        let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
+        println!("discovered all {} backends in {:.1}s, with no list of backends anywhere", backends.len(), took.as_secs_f64());
+
+        let alice = Client::new(&format!("{base}/"))?;
+        print!("alice, 5 requests with her cookies:");
+        let mut home = String::new();
+        for _ in 0..5 {
+            let page = alice.get().await?;
+            print!(" {}#{}", page.ip, page.views);
+            home = page.ip;
+        }
+        println!("  (same backend, session counting up)");
+
+        let crowd: Vec<Client> = (0..30).map(|_| Client::new(&format!("{base}/"))).collect::<Result<_, _>>()?;
+        let mut placed = Vec::new();
+        for c in &crowd {
+            placed.push(c.get().await?.ip);
+        }
+        let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
+        for ip in &placed {
+            *spread.entry(ip.as_str()).or_default() += 1;
+        }
+        println!("30 more clients spread over the pool: {}",
+            spread.iter().map(|(ip, n)| format!("{ip}: {n}")).collect::<Vec<_>>().join(", "));
+
+        let victim = backends.iter().find(|b| b.addr.ip().to_string() == home).map(|b| (b.addr, b.stop.clone()));
+        if let Some((addr, stop)) = victim {
+            println!();
+            println!("stopping alice's backend {addr} ...");
+            stop.cancel();
+            let page = alice.get().await?;
+            println!("alice's next request: {}#{} (moved at once to her fallback backend; a new session)", page.ip, page.views);
+            let mut kept = 0;
+            let mut moved = 0;
+            for (c, before) in crowd.iter().zip(&placed) {
+                let page = c.get().await?;
+                if page.ip == *before && page.views == 2 { kept += 1 } else { moved += 1 }
+            }
+            println!("of the 30 others, {kept} kept their backend and session; {moved} had been on {addr} and moved");
+            let took = wait_healthy(&probe, &base, backends.len() - 1, Duration::from_secs(10)).await?;
+            println!("the prober confirmed {addr} gone {:.1}s later", took.as_secs_f64());
+            let revived = start_backend(addr, &tasks, &shutdown).await?;
+            let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
+            println!("restarted {addr}: back in the pool after {:.1}s, and alice goes home to it:", took.as_secs_f64());
+            let page = alice.get().await?;
+            println!("alice: {}#{} (a fresh session: the old one died with its process)", page.ip, page.views);
+            backends.retain(|b| b.addr != addr);
+            backends.push(revived);
+        }
+        println!();
+        println!("demo running on {base}/ - Ctrl-C to stop");
+        Ok::<(), Error>(())
+    };
+    tokio::select! {
+        r = story => r?,
+        _ = shutdown.cancelled() => {}
+    }
+    shutdown.cancelled().await;
+    tasks.close();
+    tasks.wait().await;
+    match balancer.await {
+        Ok(r) => r.map_err(Error::Balancer),
+        Err(e) => Err(Error::Balancer(std::io::Error::other(e))),
+    }
+}

@@ -1,0 +1,178 @@
+//! The `sweeplb` binary: arguments, logging, config loading, binding, signals, exit codes.
+//! Everything else is in the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(version, about = "A load balancer that finds its backends by sweeping a subnet")]
+struct Args {
+    /// The config file to run with.
+    #[arg(long, short, default_value = "config.yaml", global = true)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Validate a config and print what it would sweep; exit 2 on errors.
+    Check,
+    /// Start demo webapps on 127.77.0.10-14 and a balancer in front of them, and show it working.
+    Demo,
+    /// Run the demo webapp (the backend of the demo, the tests and the Docker stack).
+    Webapp {
+        #[arg(long, default_value = "0.0.0.0:3000")]
+        listen: SocketAddr,
+        /// The name the health endpoint reports, for `expect_body` identity checks.
+        #[arg(long, default_value = "sweeplb-webapp")]
+        app: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match args.command {
+        Some(Command::Check) => check(&args.config),
+        Some(Command::Webapp { listen, app }) => exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app)))),
+        // The demo always runs its own loopback config, whatever --config says.
+        Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
+            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
+            Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
+        },
+        None => match sweeplb::config::load(&args.config) {
+            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(balance(config)))),
+            Err(e) => config_error(&args.config, &e),
+        },
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")
+}
+
+fn exit(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn config_error(path: &std::path::Path, e: &sweeplb::config::Error) -> ExitCode {
+    eprintln!("{}: invalid config:", path.display());
+    for p in &e.problems {
+        eprintln!("  {}: {}", p.key, p.message);
+    }
+    ExitCode::from(2)
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let config = match sweeplb::config::load(path) {
+        Ok(c) => c,
+        Err(e) => return config_error(path, &e),
+    };
+    let d = &config.discovery;
+    println!("{}: ok", path.display());
+    println!("listen          {}", config.listen);
+    for net in &d.subnets {
+        println!("sweep           {net} ({} addresses)", sweeplb::config::host_count(net));
+    }
+    for net in &d.exclude {
+        println!("exclude         {net}");
+    }
+    println!("addresses       {}", config.address_count());
+    println!("port            {}", d.port);
+    println!("health          GET {} expecting {}-{}{}", d.health_path, d.expect_status.start(), d.expect_status.end(),
+        d.expect_body.as_ref().map(|b| format!(" and a body containing {b:?}")).unwrap_or_default());
+    println!("check_interval  {}", humantime::format_duration(d.check_interval));
+    println!("sweep_interval  {}", humantime::format_duration(d.sweep_interval));
+    println!("timeout         {}", humantime::format_duration(d.timeout));
+    println!("rise/fall       {}/{}", d.rise, d.fall);
+    println!("concurrency     {}", d.concurrency);
+    ExitCode::SUCCESS
+}
+
+/// SIGINT or SIGTERM cancels the token; a second one exits at once.
+fn on_signal(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        for round in 0..2 {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            if round == 0 {
+                tracing::info!("signal received: shutting down (again to exit at once)");
+                token.cancel();
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
+        }
+    });
+}
+
+fn raise_fd_limit() {
+    // A sweep holds up to `concurrency` sockets besides the clients' and the backends'.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open file limit"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open file limit"),
+    }
+}
+
+async fn balance(config: sweeplb::Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    sweeplb::run(config, listener, shutdown).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn webapp(listen: SocketAddr, app: String) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--listen: cannot bind {listen}"))?;
+    tracing::info!(%listen, "webapp listening");
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    sweeplb::webapp::run(listener, Arc::new(sweeplb::webapp::Webapp::new(&app)), shutdown).await;
+    Ok(())
+}
+
+async fn demo(config: sweeplb::Config) -> anyhow::Result<()> {
+    raise_fd_limit();
+    let shutdown = CancellationToken::new();
+    on_signal(shutdown.clone());
+    sweeplb::demo::run(config, shutdown).await?;
+    Ok(())
+}

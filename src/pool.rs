@@ -1,0 +1,199 @@
+//! The pool: what the prober publishes and everyone else reads.
+//!
+//! A [`Snapshot`] is immutable and replaced whole. Its [`Routing`] part (the routed backends
+//! and the hash ring over them) is rebuilt only when the routed set changes; between such
+//! changes successive snapshots share it through an `Arc`, so status-only updates (probe
+//! latencies, counters) never rebuild the ring. The only things mutated in place are the
+//! per-backend request counters, which are statistics, not membership.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::{self, Ring};
+
+/// What the proxy and the admin endpoints hold: the latest snapshot, and a way to wait for the
+/// next one.
+pub type Reader = watch::Receiver<Arc<Snapshot>>;
+
+/// The prober's half: the only writer.
+pub type Writer = watch::Sender<Arc<Snapshot>>;
+
+pub fn new() -> (Writer, Reader) {
+    watch::channel(Arc::new(Snapshot::default()))
+}
+
+/// One backend as long as it stays a member; the same `Arc` is carried from snapshot to
+/// snapshot so counters survive membership changes of others.
+#[derive(Debug)]
+pub struct Backend {
+    pub addr: SocketAddr,
+    requests: AtomicU64,
+    inflight: AtomicU64,
+    /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
+    /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
+    gone: CancellationToken,
+}
+
+impl Backend {
+    pub fn new(addr: SocketAddr) -> Backend {
+        Backend {
+            addr,
+            requests: AtomicU64::new(0),
+            inflight: AtomicU64::new(0),
+            gone: CancellationToken::new(),
+        }
+    }
+
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> u64 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request sent to this backend until the guard is dropped.
+    pub fn begin_request(self: &Arc<Self>) -> InflightGuard {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.inflight.fetch_add(1, Ordering::Relaxed);
+        InflightGuard(Arc::clone(self))
+    }
+
+    pub fn gone(&self) -> &CancellationToken {
+        &self.gone
+    }
+}
+
+#[derive(Debug)]
+pub struct InflightGuard(Arc<Backend>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
+#[derive(Debug)]
+pub struct Routing {
+    pub backends: Vec<Arc<Backend>>,
+    pub ring: Ring,
+}
+
+impl Default for Routing {
+    fn default() -> Routing {
+        Routing::new(Vec::new())
+    }
+}
+
+impl Routing {
+    /// Builds the ring over `backends`, which the caller gives in address order (the ring
+    /// itself does not depend on the order).
+    pub fn new(backends: Vec<Arc<Backend>>) -> Routing {
+        let ids: Vec<u64> = backends
+            .iter()
+            .map(|b| balancer::backend_hash(b.addr.to_string().as_bytes()))
+            .collect();
+        Routing {
+            ring: Ring::new(&ids),
+            backends,
+        }
+    }
+
+    /// The backends to try for `key_hash`, best first.
+    pub fn candidates(&self, key_hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
+        self.ring.candidates(key_hash).map(|i| &self.backends[i])
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Answered, but fewer than `rise` times in a row; not routed yet.
+    Joining,
+    /// Routed.
+    Healthy,
+    /// Failing, fewer than `fall` times in a row so far. Still routed unless a real request
+    /// could not connect to it (`routed: false`).
+    Leaving,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Joining => "joining",
+            State::Healthy => "healthy",
+            State::Leaving => "leaving",
+        }
+    }
+}
+
+/// A member's status as the admin endpoint shows it.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub backend: Arc<Backend>,
+    pub state: State,
+    pub routed: bool,
+    /// When it entered `state`.
+    pub since: SystemTime,
+    pub last_check: Option<Duration>,
+    pub consecutive_ok: u32,
+    pub consecutive_fail: u32,
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Departure {
+    pub addr: SocketAddr,
+    pub at: SystemTime,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SweepReport {
+    /// Addresses probed in the round (the ranges less exclusions and current members).
+    pub addresses: u64,
+    /// Addresses that answered the health check in the round.
+    pub found: u64,
+    pub duration: Duration,
+    pub finished: SystemTime,
+}
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub routing: Arc<Routing>,
+    /// Every member, joining, healthy or leaving, in address order.
+    pub members: Vec<Member>,
+    /// Newest first.
+    pub recently_left: Vec<Departure>,
+    pub last_sweep: Option<SweepReport>,
+}
+
+impl Snapshot {
+    pub fn healthy(&self) -> usize {
+        self.routing.backends.len()
+    }
+}
+
+/// What the proxy tells the prober about real traffic.
+#[derive(Debug)]
+pub enum Report {
+    /// A real request could not connect: take the backend out of routing now; the prober
+    /// confirms with its own checks.
+    ConnectFailed { addr: SocketAddr, reason: String },
+}
+
+/// Bounded so that a storm of failures cannot grow memory; a report that does not fit is
+/// dropped, since the first one for a backend already took it out of routing.
+pub fn reports() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
+    mpsc::channel(1024)
+}
+
+/// Marks a backend gone when the prober drops it.
+pub(crate) fn retire(backend: &Backend) {
+    backend.gone.cancel();
+}

@@ -1,0 +1,511 @@
+//! The forwarding path: accept client connections, pick a backend by consistent hashing of the
+//! stickiness key, forward the request with its body streamed, stream the response back.
+//!
+//! Retries follow one rule: a request may go to another connection or backend only while it is
+//! certain the backend did not act on it (the connection could not be made, or hyper handed
+//! the unsent request back), or when it is idempotent, has an empty body and nothing has been
+//! sent to the client yet. Errors become statuses in exactly one place, [`Error::respond`].
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::config::{Key, Timeouts};
+use crate::pool::{self, Backend, Report};
+use crate::upstream::{self, ConnectError, Returning};
+use crate::{admin, balancer, prober};
+
+/// What the client receives: a backend's streamed body, or one of ours.
+pub type ResponseBody = Either<Returning, Full<Bytes>>;
+
+/// Distinct backends one request may be offered to when connections fail.
+const MAX_BACKENDS_TRIED: usize = 3;
+
+/// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those named in
+/// `Connection`.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("no backend is healthy")]
+    NoBackend,
+    #[error("could not connect to {tried} backend(s), last {addr}: {source}")]
+    Connect {
+        tried: usize,
+        addr: SocketAddr,
+        #[source]
+        source: ConnectError,
+    },
+    #[error("backend {addr} sent no response head within {timeout:?}")]
+    Timeout { addr: SocketAddr, timeout: Duration },
+    #[error("backend {addr} failed after the request was sent: {source}")]
+    Backend {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("backend {addr} left the pool while the request was in flight")]
+    Gone { addr: SocketAddr },
+}
+
+impl Error {
+    /// The one place errors become statuses: a short JSON body for the client, the cause chain
+    /// for the log.
+    pub fn respond(&self) -> Response<ResponseBody> {
+        let (status, message) = match self {
+            Error::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, "no backend is healthy"),
+            Error::Connect { .. } => (StatusCode::BAD_GATEWAY, "no backend could be reached"),
+            Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time"),
+            Error::Backend { .. } | Error::Gone { .. } => (StatusCode::BAD_GATEWAY, "the backend failed"),
+        };
+        let mut chain = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(s) = source {
+            chain.push_str(": ");
+            chain.push_str(&s.to_string());
+            source = s.source();
+        }
+        match self {
+            Error::NoBackend => debug!(error = %chain, "request refused"),
+            _ => warn!(error = %chain, status = status.as_u16(), "request failed"),
+        }
+        let body = serde_json::json!({ "error": message, "status": status.as_u16() }).to_string();
+        let mut resp = json_response(status, body);
+        if matches!(self, Error::NoBackend | Error::Connect { .. }) {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
+    }
+}
+
+pub fn json_response(status: StatusCode, body: String) -> Response<ResponseBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+pub struct Proxy {
+    pool: pool::Reader,
+    key: Key,
+    timeouts: Timeouts,
+    upstream: Arc<upstream::Pool>,
+    reports: mpsc::Sender<Report>,
+    active: AtomicUsize,
+}
+
+impl Proxy {
+    pub fn new(pool: pool::Reader, key: Key, timeouts: Timeouts, reports: mpsc::Sender<Report>) -> Proxy {
+        Proxy {
+            upstream: Arc::new(upstream::Pool::new(timeouts.connect, timeouts.idle)),
+            pool,
+            key,
+            timeouts,
+            reports,
+            active: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn upstream(&self) -> &upstream::Pool {
+        &self.upstream
+    }
+
+    async fn handle(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let path = req.uri().path();
+        if path == "/_lb" || path.starts_with("/_lb/") {
+            let snapshot = Arc::clone(&self.pool.borrow());
+            return admin::respond(&req, &snapshot, &self.upstream);
+        }
+        if req.headers().contains_key(prober::PROBE_HEADER) {
+            // Another sweeplb (or this one) is probing us: say what we are, never forward.
+            let mut resp = json_response(
+                StatusCode::MISDIRECTED_REQUEST,
+                r#"{"error":"this is a sweeplb balancer, not a backend"}"#.to_string(),
+            );
+            resp.headers_mut()
+                .insert(prober::BALANCER_HEADER, HeaderValue::from_static("1"));
+            return resp;
+        }
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let resp = self.forward(req, peer).await;
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        resp
+    }
+
+    async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
+        let (key, new_cookie) = self.key_of(req.headers(), peer);
+        let hash = balancer::key_hash(key.as_bytes());
+        let routing = Arc::clone(&self.pool.borrow().routing);
+        let result = if routing.backends.is_empty() {
+            Err(Error::NoBackend)
+        } else {
+            let (mut parts, body) = req.into_parts();
+            prepare_request(&mut parts, peer);
+            let replay = (is_idempotent(&parts.method) && body.is_end_stream())
+                .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+            let req = Request::from_parts(parts, Either::Left(body));
+            self.send(routing.candidates(hash), req, replay).await
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => e.respond(),
+        };
+        strip_hop_by_hop(resp.headers_mut());
+        if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.key) {
+            let value = format!("{name}={cookie}; Path=/; HttpOnly; SameSite=Lax");
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        resp
+    }
+
+    /// Offers the request to the candidates in order, per the retry rule in the module doc.
+    async fn send<'a>(
+        &self,
+        candidates: impl Iterator<Item = &'a Arc<Backend>>,
+        req: Request<upstream::RequestBody>,
+        replay: Option<(Method, Uri, HeaderMap)>,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let mut req = Some(req);
+        let mut next = || -> Option<Request<upstream::RequestBody>> {
+            req.take().or_else(|| {
+                let (method, uri, headers) = replay.clone()?;
+                let mut r = Request::new(Either::Right(Empty::new()));
+                *r.method_mut() = method;
+                *r.uri_mut() = uri;
+                *r.headers_mut() = headers;
+                Some(r)
+            })
+        };
+        let mut unsent = next();
+        let mut tried = 0;
+        let mut last_connect: Option<(SocketAddr, ConnectError)> = None;
+        for backend in candidates.take(MAX_BACKENDS_TRIED) {
+            tried += 1;
+            let addr = backend.addr;
+            let mut conn = match self.upstream.checkout(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connect_failed(addr, &e);
+                    last_connect = Some((addr, e));
+                    continue;
+                }
+            };
+            loop {
+                // Always present: a request is kept until sent, and only replayable ones loop.
+                let Some(request) = unsent.take().or_else(&mut next) else {
+                    break;
+                };
+                let guard = backend.begin_request();
+                let reused = conn.reused;
+                let outcome = tokio::select! {
+                    r = tokio::time::timeout(self.timeouts.response, conn.send.try_send_request(request)) => Some(r),
+                    _ = backend.gone().cancelled() => None,
+                };
+                match outcome {
+                    Some(Ok(Ok(resp))) => {
+                        let (parts, body) = resp.into_parts();
+                        let body = Returning::new(body, conn, Arc::clone(&self.upstream), guard);
+                        return Ok(Response::from_parts(parts, Either::Left(body)));
+                    }
+                    Some(Ok(Err(mut e))) => {
+                        unsent = e.take_message();
+                        let error = e.into_error();
+                        if unsent.is_none() && replay.is_none() {
+                            return Err(Error::Backend { addr, source: error });
+                        }
+                        debug!(%addr, reused, error = %error, "upstream request failed; retrying");
+                        if !reused {
+                            // A fresh connection that fails is the backend's fault: next one.
+                            break;
+                        }
+                        // A warm connection may have been closed by the backend just now.
+                        conn = match self.upstream.connect(addr).await {
+                            Ok(c) => c,
+                            Err(e) => {
+                                self.connect_failed(addr, &e);
+                                last_connect = Some((addr, e));
+                                break;
+                            }
+                        };
+                    }
+                    Some(Err(_elapsed)) => {
+                        return Err(Error::Timeout {
+                            addr,
+                            timeout: self.timeouts.response,
+                        });
+                    }
+                    None => {
+                        if replay.is_none() {
+                            return Err(Error::Gone { addr });
+                        }
+                        break;
+                    }
+                }
+            }
+            if unsent.is_none() && replay.is_none() {
+                break;
+            }
+        }
+        Err(match last_connect {
+            Some((addr, source)) => Error::Connect { tried, addr, source },
+            None => Error::NoBackend,
+        })
+    }
+
+    fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {
+        debug!(%addr, error = %e, "connect to backend failed; trying the next");
+        let _ = self.reports.try_send(Report::ConnectFailed {
+            addr,
+            reason: e.to_string(),
+        });
+    }
+
+    /// The stickiness key of a request, and the fresh cookie value to set if it had none.
+    fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (String, Option<String>) {
+        match &self.key {
+            Key::Cookie(name) => match cookie(headers, name) {
+                Some(v) => (v.to_string(), None),
+                None => {
+                    let fresh = format!("{:032x}", fastrand::u128(..));
+                    (fresh.clone(), Some(fresh))
+                }
+            },
+            Key::Header(name) => match headers.get(name) {
+                Some(v) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), None),
+                // Without the header there is nothing to stick to: spread.
+                None => (format!("{:032x}", fastrand::u128(..)), None),
+            },
+            Key::ClientIp => (peer.ip().to_string(), None),
+        }
+    }
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, v)| *k == name && !v.is_empty())
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Removes hop-by-hop headers, including every header that `Connection` names.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+fn prepare_request(parts: &mut http::request::Parts, peer: SocketAddr) {
+    strip_hop_by_hop(&mut parts.headers);
+    // Upstream speaks HTTP/1.1 whatever the client spoke, with an origin-form target.
+    parts.version = Version::HTTP_11;
+    if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+        let authority = parts.uri.authority().map(|a| a.as_str().to_string());
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+            .to_string();
+        if let Ok(uri) = path.parse() {
+            parts.uri = uri;
+        }
+        if let Some(host) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
+    }
+    let peer_ip = peer.ip().to_string();
+    let forwarded_for = match combined(&parts.headers, &X_FORWARDED_FOR) {
+        Some(prior) => format!("{prior}, {peer_ip}"),
+        None => peer_ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&forwarded_for) {
+        parts.headers.insert(X_FORWARDED_FOR, v);
+    }
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(host) = parts.headers.get(header::HOST).cloned() {
+        parts.headers.insert(X_FORWARDED_HOST, host);
+    }
+}
+
+/// All values of a header joined as one list, as a recipient may combine them.
+fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
+    let values: Vec<&str> = headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
+/// Serves clients on `listener` until `shutdown`, then lets in-flight requests finish within
+/// `timeouts.shutdown` and closes keep-alive connections.
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer is what makes `header_read_timeout` real: without one hyper silently skips it.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(proxy.timeouts.header_read)
+        .keep_alive(true);
+    let reaper = {
+        let proxy = Arc::clone(&proxy);
+        let shutdown = shutdown.clone();
+        let every = (proxy.timeouts.idle / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => proxy.upstream.reap(),
+                }
+            }
+        })
+    };
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = Arc::clone(&proxy);
+        let service = service_fn(move |req| {
+            let proxy = Arc::clone(&proxy);
+            async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        });
+        let conn = http.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let open = graceful.count();
+    info!(connections = open, "shutting down: no longer accepting");
+    if tokio::time::timeout(proxy.timeouts.shutdown, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!(
+            requests = proxy.active.load(Ordering::Relaxed),
+            deadline = ?proxy.timeouts.shutdown,
+            "shutdown deadline cut off requests still in flight"
+        );
+    } else {
+        info!("all client connections closed");
+    }
+    reaper.abort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; sweeplb=abc"));
+        h.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        assert_eq!(cookie(&h, "sweeplb"), Some("abc"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "sweep"), None);
+        h.insert(header::COOKIE, HeaderValue::from_static("sweeplb="));
+        assert_eq!(cookie(&h, "sweeplb"), None);
+    }
+
+    #[test]
+    fn forwarded_headers_append_the_peer() {
+        let req = Request::get("http://example.test/a?b")
+            .header(X_FORWARDED_FOR, "127.9.8.7")
+            .header(X_FORWARDED_PROTO, "https")
+            .body(())
+            .unwrap();
+        let (mut parts, ()) = req.into_parts();
+        prepare_request(&mut parts, "127.0.0.1:5555".parse().unwrap());
+        assert_eq!(parts.uri, "/a?b");
+        assert_eq!(parts.headers[header::HOST], "example.test");
+        assert_eq!(parts.headers[X_FORWARDED_FOR], "127.9.8.7, 127.0.0.1");
+        assert_eq!(parts.headers[X_FORWARDED_PROTO], "http");
+        assert_eq!(parts.headers[X_FORWARDED_HOST], "example.test");
+    }
+}

@@ -1,0 +1,185 @@
+//! The demo webapp (`sweeplb webapp`): the classic load-balancer lab app, a backend for the
+//! tests, and the image of the Docker stack.
+//!
+//! `GET /` counts views in a server-side, in-memory session kept by a cookie, so a client that
+//! stays on one backend sees `sessionViews` go 1, 2, 3... and one that is moved starts again at
+//! 1. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer down.
+//! It is deliberately simple: no persistence, and the session table is bounded by clearing it.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+/// The session cookie, named after the one of the Express app this replaces.
+pub const SESSION_COOKIE: &str = "webapp.sid";
+
+/// Sessions kept before the table is cleared; a bound, not a policy.
+const MAX_SESSIONS: usize = 100_000;
+
+pub struct Webapp {
+    /// Named in the health body, so `expect_body` can tell this app from an impostor.
+    app: String,
+    host: String,
+    sessions: Mutex<HashMap<String, u64>>,
+    delay_ms: AtomicU64,
+}
+
+#[derive(Deserialize)]
+struct Delay {
+    delay: u64,
+}
+
+impl Webapp {
+    pub fn new(app: &str) -> Webapp {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "unknown".to_string());
+        Webapp {
+            app: app.to_string(),
+            host,
+            sessions: Mutex::new(HashMap::new()),
+            delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+        let delay = self.delay_ms.load(Ordering::Relaxed);
+        let is_delay = req.uri().path() == "/delay";
+        if delay > 0 && !is_delay {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
+        let mut resp = match (req.method(), req.uri().path()) {
+            (&Method::GET | &Method::HEAD, "/health") => json(
+                StatusCode::OK,
+                serde_json::json!({ "status": "ok", "app": self.app }),
+            ),
+            (&Method::POST, "/delay") => self.set_delay(req).await,
+            (&Method::GET | &Method::HEAD, "/") => return self.index(&req, local),
+            _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+        };
+        backend_header(&mut resp, local);
+        resp
+    }
+
+    fn index(&self, req: &Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+        let existing = crate::proxy::cookie(req.headers(), SESSION_COOKIE).map(str::to_string);
+        let (id, views, fresh) = {
+            let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+            match existing.filter(|id| sessions.contains_key(id)) {
+                Some(id) => {
+                    let views = sessions.entry(id.clone()).or_insert(0);
+                    *views += 1;
+                    (id, *views, false)
+                }
+                None => {
+                    if sessions.len() >= MAX_SESSIONS {
+                        sessions.clear();
+                    }
+                    let id = format!("{:032x}", fastrand::u128(..));
+                    sessions.insert(id.clone(), 1);
+                    (id, 1, true)
+                }
+            }
+        };
+        let mut resp = json(
+            StatusCode::OK,
+            serde_json::json!({
+                "hello": "world!",
+                "ip": local.ip().to_string(),
+                "host": self.host,
+                "sessionViews": views,
+                "id": id,
+            }),
+        );
+        if fresh {
+            if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly")) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
+        }
+        backend_header(&mut resp, local);
+        resp
+    }
+
+    async fn set_delay(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        let body = match Limited::new(req.into_body(), 4096).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(_) => return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "body too large" })),
+        };
+        match serde_json::from_slice::<Delay>(&body) {
+            Ok(d) => {
+                self.delay_ms.store(d.delay, Ordering::Relaxed);
+                info!(delay_ms = d.delay, "delay set");
+                json(StatusCode::OK, serde_json::json!({ "delay": d.delay }))
+            }
+            Err(e) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": format!("expected {{\"delay\": ms}}: {e}") }),
+            ),
+        }
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp
+}
+
+fn backend_header(resp: &mut Response<Full<Bytes>>, local: SocketAddr) {
+    if let Ok(v) = HeaderValue::from_str(&local.ip().to_string()) {
+        resp.headers_mut().insert("x-backend-ip", v);
+    }
+}
+
+/// Serves the webapp on `listener` until `shutdown`; open connections are then closed
+/// gracefully.
+pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: CancellationToken) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    debug!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(local) = stream.local_addr() else { continue };
+        let _ = stream.set_nodelay(true);
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(app.handle(req, local).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+}
