@@ -68,7 +68,11 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub fn respond<B>(req: &Request<B>, snapshot: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
+pub fn respond<B>(
+    req: &Request<B>,
+    snapshot: &Snapshot,
+    upstream: &upstream::Pool,
+) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json_response(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -90,7 +94,11 @@ pub fn respond<B>(req: &Request<B>, snapshot: &Snapshot, upstream: &upstream::Po
 fn health(s: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
     let healthy = s.healthy();
     let view = Health {
-        status: if healthy > 0 { "ok" } else { "no healthy backend" },
+        status: if healthy > 0 {
+            "ok"
+        } else {
+            "no healthy backend"
+        },
         healthy,
         backends: s
             .members
@@ -134,6 +142,7 @@ fn health(s: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#));
+    let body =
+        serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#));
     json_response(status, body)
 }

@@ -142,13 +142,13 @@ pub fn attached_networks() -> Vec<IpNet> {
 /// Parses and validates everything that does not depend on the host.
 pub fn parse(text: &str) -> Result<Config, Error> {
     let raw: Raw = serde_yaml::from_str(text).map_err(|e| {
-        let key = e
-            .to_string()
-            .split_once(": ")
-            .map(|(k, _)| k.to_string())
-            .filter(|k| !k.contains(' '))
-            .unwrap_or_else(|| "config".to_string());
-        Error::one(&key, format!("{e}"))
+        // serde_yaml says "discovery: unknown field `x`, expected one of ... at line 3": lift
+        // the key path out so the line reads like every other problem.
+        let text = e.to_string();
+        match text.split_once(": ") {
+            Some((key, rest)) if !key.contains(' ') => Error::one(key, rest),
+            _ => Error::one("config", text),
+        }
     })?;
     let mut v = Validator::default();
     let config = v.config(raw);
@@ -329,8 +329,10 @@ impl Validator {
         let exclude = self.cidrs("discovery.exclude", &raw.exclude.unwrap_or_default(), false);
         let port = self.int("discovery.port", raw.port.unwrap_or(3000), 1, 65535);
         let health_path = self.path(raw.health_path.unwrap_or_else(|| "/health".into()));
-        let expect_status =
-            self.status(raw.expect_status.unwrap_or(StatusSpec::Text("200-399".into())));
+        let expect_status = self.status(
+            raw.expect_status
+                .unwrap_or(StatusSpec::Text("200-399".into())),
+        );
         let expect_body = match raw.expect_body {
             Some(b) if b.is_empty() => {
                 self.problem(
@@ -353,7 +355,12 @@ impl Validator {
         let timeout = self.duration("discovery.timeout", raw.timeout, "500ms");
         let rise = self.int("discovery.rise", raw.rise.unwrap_or(2), 1, 100);
         let fall = self.int("discovery.fall", raw.fall.unwrap_or(2), 1, 100);
-        let concurrency = self.int("discovery.concurrency", raw.concurrency.unwrap_or(256), 1, 65536);
+        let concurrency = self.int(
+            "discovery.concurrency",
+            raw.concurrency.unwrap_or(256),
+            1,
+            65536,
+        );
         Some(Discovery {
             subnets: subnets?,
             exclude: exclude?,
@@ -409,7 +416,10 @@ impl Validator {
         if (min..=max).contains(&value) {
             Some(value)
         } else {
-            self.problem(key, format!("{value} is out of range; expected {min}-{max}"));
+            self.problem(
+                key,
+                format!("{value} is out of range; expected {min}-{max}"),
+            );
             None
         }
     }
@@ -421,7 +431,9 @@ impl Validator {
         } else {
             self.problem(
                 "discovery.health_path",
-                format!("{path:?} is not a request path; expected one starting with / like /health"),
+                format!(
+                    "{path:?} is not a request path; expected one starting with / like /health"
+                ),
             );
             None
         }
@@ -437,7 +449,9 @@ impl Validator {
                 Some((lo, hi)) => {
                     let lo = lo.trim().parse().ok().and_then(code);
                     let hi = hi.trim().parse().ok().and_then(code);
-                    lo.zip(hi).filter(|(lo, hi)| lo <= hi).map(|(lo, hi)| lo..=hi)
+                    lo.zip(hi)
+                        .filter(|(lo, hi)| lo <= hi)
+                        .map(|(lo, hi)| lo..=hi)
                 }
                 None => t.trim().parse().ok().and_then(code).map(|c| c..=c),
             },
@@ -456,12 +470,18 @@ impl Validator {
         let text = text.unwrap_or_else(|| default.to_string());
         match humantime::parse_duration(&text) {
             Ok(d) if d.is_zero() => {
-                self.problem(key, "0 is not allowed; expected a positive duration like 500ms or 2s");
+                self.problem(
+                    key,
+                    "0 is not allowed; expected a positive duration like 500ms or 2s",
+                );
                 None
             }
             Ok(d) => Some(d),
             Err(_) => {
-                self.problem(key, format!("{text:?} is not a duration; expected e.g. 500ms, 2s, 1m"));
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration; expected e.g. 500ms, 2s, 1m"),
+                );
                 None
             }
         }
@@ -476,7 +496,9 @@ impl Validator {
         if !cookie_ok {
             self.problem(
                 "balance.cookie",
-                format!("{cookie:?} is not a cookie name; expected letters, digits and !#$%&'*+-.^_`|~"),
+                format!(
+                    "{cookie:?} is not a cookie name; expected letters, digits and !#$%&'*+-.^_`|~"
+                ),
             );
         }
         let text = raw.key.unwrap_or_else(|| "cookie".to_string());
@@ -530,7 +552,8 @@ impl Validator {
         let rounds = addresses.div_ceil(d.concurrency as u128);
         let worst = d.timeout.as_secs_f64() * rounds as f64;
         if worst > d.sweep_interval.as_secs_f64() {
-            let needed = addresses as f64 * d.timeout.as_secs_f64() / d.sweep_interval.as_secs_f64();
+            let needed =
+                addresses as f64 * d.timeout.as_secs_f64() / d.sweep_interval.as_secs_f64();
             self.problem(
                 "discovery.subnets",
                 format!(
@@ -553,7 +576,11 @@ impl Validator {
 pub const PROBE_BODY_LIMIT: usize = 4096;
 
 fn display_count(n: u128) -> String {
-    if n == u128::MAX { "2^128".to_string() } else { n.to_string() }
+    if n == u128::MAX {
+        "2^128".to_string()
+    } else {
+        n.to_string()
+    }
 }
 
 #[cfg(test)]
@@ -565,7 +592,11 @@ mod tests {
     fn problems(yaml: &str) -> Vec<String> {
         match parse(yaml) {
             Ok(_) => vec![],
-            Err(e) => e.problems.iter().map(|p| format!("{}: {}", p.key, p.message)).collect(),
+            Err(e) => e
+                .problems
+                .iter()
+                .map(|p| format!("{}: {}", p.key, p.message))
+                .collect(),
         }
     }
 
@@ -597,37 +628,111 @@ mod tests {
     #[test]
     fn each_invalid_value_names_its_key() {
         let cases: &[(&str, &str)] = &[
-            ("discovery: {subnets: [127.77.0.0/33]}", "discovery.subnets: \"127.77.0.0/33\" is not a CIDR"),
-            ("discovery: {subnets: [127.77.0.1/24]}", "discovery.subnets: 127.77.0.1/24 has host bits set"),
+            (
+                "discovery: {subnets: [127.77.0.0/33]}",
+                "discovery.subnets: \"127.77.0.0/33\" is not a CIDR",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.1/24]}",
+                "discovery.subnets: 127.77.0.1/24 has host bits set",
+            ),
             ("discovery: {subnets: []}", "discovery.subnets: empty"),
             ("discovery: {port: 3000}", "discovery.subnets: missing"),
-            ("discovery: {subnets: [127.77.0.0/24], port: 0}", "discovery.port: 0 is out of range; expected 1-65535"),
-            ("discovery: {subnets: [127.77.0.0/24], port: 70000}", "discovery.port: 70000 is out of range"),
-            ("discovery: {subnets: [127.77.0.0/24], rise: 0}", "discovery.rise: 0 is out of range; expected 1-100"),
-            ("discovery: {subnets: [127.77.0.0/24], fall: 0}", "discovery.fall: 0 is out of range"),
-            ("discovery: {subnets: [127.77.0.0/24], concurrency: 0}", "discovery.concurrency: 0 is out of range"),
-            ("discovery: {subnets: [127.77.0.0/24], timeout: 1s}", "discovery.timeout: 1s must be shorter than discovery.check_interval"),
-            ("discovery: {subnets: [127.77.0.0/24], timeout: soon}", "discovery.timeout: \"soon\" is not a duration"),
-            ("discovery: {subnets: [127.77.0.0/24], check_interval: 0s}", "discovery.check_interval: 0 is not allowed"),
-            ("discovery: {subnets: [127.77.0.0/24], health_path: health}", "discovery.health_path: \"health\" is not a request path"),
-            ("discovery: {subnets: [127.77.0.0/24], expect_status: 99}", "discovery.expect_status: 99 is not a status or range"),
-            ("discovery: {subnets: [127.77.0.0/24], expect_status: 399-200}", "discovery.expect_status: \"399-200\""),
-            ("discovery: {subnets: [127.77.0.0/24], expect_body: ''}", "discovery.expect_body: empty"),
-            ("discovery: {subnets: [127.77.0.0/24], exclude: [nope]}", "discovery.exclude: \"nope\" is not a CIDR"),
-            ("discovery: {subnets: [127.0.0.0/8]}", "discovery.subnets: 16777214 addresses cannot be swept every 2s"),
-            ("discovery: {subnets: ['::/64']}", "discovery.subnets: ::/64 has 18446744073709551616 addresses; at most"),
-            ("listen: localhost\ndiscovery: {subnets: [127.77.0.0/24]}", "listen: \"localhost\" is not an address"),
-            ("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: hash}", "balance.key: \"hash\" is not a key"),
-            ("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:'}", "balance.key: \"header:\" is not a key"),
-            ("discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie: 'a b'}", "balance.cookie: \"a b\" is not a cookie name"),
-            ("discovery: {subnets: [127.77.0.0/24]}\ntimeouts: {idle: -1s}", "timeouts.idle: \"-1s\" is not a duration"),
-            ("discovery: {subnets: [127.77.0.0/24], color: blue}", "unknown field `color`"),
-            ("listen: [1, 2\n", "config:"),
+            (
+                "discovery: {subnets: [127.77.0.0/24], port: 0}",
+                "discovery.port: 0 is out of range; expected 1-65535",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], port: 70000}",
+                "discovery.port: 70000 is out of range",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], rise: 0}",
+                "discovery.rise: 0 is out of range; expected 1-100",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], fall: 0}",
+                "discovery.fall: 0 is out of range",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], concurrency: 0}",
+                "discovery.concurrency: 0 is out of range",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], timeout: 1s}",
+                "discovery.timeout: 1s must be shorter than discovery.check_interval",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], timeout: soon}",
+                "discovery.timeout: \"soon\" is not a duration",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], check_interval: 0s}",
+                "discovery.check_interval: 0 is not allowed",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], health_path: health}",
+                "discovery.health_path: \"health\" is not a request path",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], expect_status: 99}",
+                "discovery.expect_status: 99 is not a status or range",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], expect_status: 399-200}",
+                "discovery.expect_status: \"399-200\"",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], expect_body: ''}",
+                "discovery.expect_body: empty",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], exclude: [nope]}",
+                "discovery.exclude: \"nope\" is not a CIDR",
+            ),
+            (
+                "discovery: {subnets: [127.0.0.0/8]}",
+                "discovery.subnets: 16777214 addresses cannot be swept every 2s",
+            ),
+            (
+                "discovery: {subnets: ['::/64']}",
+                "discovery.subnets: ::/64 has 18446744073709551616 addresses; at most",
+            ),
+            (
+                "listen: localhost\ndiscovery: {subnets: [127.77.0.0/24]}",
+                "listen: \"localhost\" is not an address",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: hash}",
+                "balance.key: \"hash\" is not a key",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:'}",
+                "balance.key: \"header:\" is not a key",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie: 'a b'}",
+                "balance.cookie: \"a b\" is not a cookie name",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24]}\ntimeouts: {idle: -1s}",
+                "timeouts.idle: \"-1s\" is not a duration",
+            ),
+            (
+                "discovery: {subnets: [127.77.0.0/24], color: blue}",
+                "unknown field `color`",
+            ),
+            (
+                "listen: [1, 2]\n",
+                "listen: invalid type: sequence, expected a string",
+            ),
+            ("listen: \"open\ndiscovery: {}\n", "config: "),
         ];
         for (yaml, expected) in cases {
             let got = problems(yaml);
             assert!(
-                got.iter().any(|p| p.starts_with(expected) || p.contains(expected)),
+                got.iter()
+                    .any(|p| p.starts_with(expected) || p.contains(expected)),
                 "for {yaml:?} expected a problem like {expected:?}, got {got:?}"
             );
         }
@@ -649,8 +754,12 @@ mod tests {
 
     #[test]
     fn key_modes() {
-        let c = parse("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:X-User'}").unwrap();
-        assert_eq!(c.balance.key, Key::Header(HeaderName::from_static("x-user")));
+        let c = parse("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:X-User'}")
+            .unwrap();
+        assert_eq!(
+            c.balance.key,
+            Key::Header(HeaderName::from_static("x-user"))
+        );
         let c = parse("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: client_ip}").unwrap();
         assert_eq!(c.balance.key, Key::ClientIp);
     }
@@ -663,7 +772,10 @@ mod tests {
 
     #[test]
     fn routed_ranges_are_refused_unless_allowed() {
-        let attached: Vec<IpNet> = vec!["127.0.0.0/8".parse().unwrap(), "10.1.0.0/16".parse().unwrap()];
+        let attached: Vec<IpNet> = vec![
+            "127.0.0.0/8".parse().unwrap(),
+            "10.1.0.0/16".parse().unwrap(),
+        ];
         let c = parse("discovery: {subnets: [10.1.2.0/24]}").unwrap();
         assert!(c.check_attached(&attached).is_ok());
         let c = parse("discovery: {subnets: [10.2.0.0/24]}").unwrap();

@@ -39,13 +39,25 @@ struct Backend {
     stop: CancellationToken,
 }
 
-async fn start_backend(addr: SocketAddr, tasks: &TaskTracker, parent: &CancellationToken) -> Result<Backend, Error> {
+async fn start_backend(
+    addr: SocketAddr,
+    tasks: &TaskTracker,
+    parent: &CancellationToken,
+) -> Result<Backend, Error> {
     let socket = tokio::net::TcpSocket::new_v4().map_err(|source| Error::Bind { addr, source })?;
     let _ = socket.set_reuseaddr(true);
-    socket.bind(addr).map_err(|source| Error::Bind { addr, source })?;
-    let listener = socket.listen(1024).map_err(|source| Error::Bind { addr, source })?;
+    socket
+        .bind(addr)
+        .map_err(|source| Error::Bind { addr, source })?;
+    let listener = socket
+        .listen(1024)
+        .map_err(|source| Error::Bind { addr, source })?;
     let stop = parent.child_token();
-    tasks.spawn(crate::webapp::run(listener, Arc::new(Webapp::new("sweeplb-webapp")), stop.clone()));
+    tasks.spawn(crate::webapp::run(
+        listener,
+        Arc::new(Webapp::new("sweeplb-webapp")),
+        stop.clone(),
+    ));
     Ok(Backend { addr, stop })
 }
 
@@ -73,15 +85,30 @@ impl Client {
             .no_proxy()
             .timeout(Duration::from_secs(5))
             .build()?;
-        Ok(Client { http, url: url.to_string() })
+        Ok(Client {
+            http,
+            url: url.to_string(),
+        })
     }
 
     async fn get(&self) -> Result<Page, Error> {
-        Ok(self.http.get(&self.url).send().await?.error_for_status()?.json().await?)
+        Ok(self
+            .http
+            .get(&self.url)
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?)
     }
 }
 
-async fn wait_healthy(http: &reqwest::Client, base: &str, want: usize, within: Duration) -> Result<Duration, Error> {
+async fn wait_healthy(
+    http: &reqwest::Client,
+    base: &str,
+    want: usize,
+    within: Duration,
+) -> Result<Duration, Error> {
     let start = Instant::now();
     loop {
         if let Ok(resp) = http.get(format!("{base}/_lb/health")).send().await {
@@ -92,7 +119,9 @@ async fn wait_healthy(http: &reqwest::Client, base: &str, want: usize, within: D
             }
         }
         if start.elapsed() > within {
-            return Err(Error::Timeout(format!("the pool did not reach {want} healthy backends within {within:?}")));
+            return Err(Error::Timeout(format!(
+                "the pool did not reach {want} healthy backends within {within:?}"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -109,7 +138,10 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
     let listen = config.listen;
     let listener = TcpListener::bind(listen)
         .await
-        .map_err(|source| Error::Bind { addr: listen, source })?;
+        .map_err(|source| Error::Bind {
+            addr: listen,
+            source,
+        })?;
     let balancer = {
         let shutdown = shutdown.clone();
         tokio::spawn(crate::run(config.clone(), listener, shutdown))
@@ -117,17 +149,31 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
     let base = format!("http://{listen}");
     let d = &config.discovery;
     println!();
-    println!("sweeplb demo: {} webapps on 127.77.0.{}-{}:{port}, balancer on {base}", backends.len(), BACKENDS.start, BACKENDS.end - 1);
-    println!("  sweeping {:?} every {}, checking members every {}, rise {} fall {}",
+    println!(
+        "sweeplb demo: {} webapps on 127.77.0.{}-{}:{port}, balancer on {base}",
+        backends.len(),
+        BACKENDS.start,
+        BACKENDS.end - 1
+    );
+    println!(
+        "  sweeping {:?} every {}, checking members every {}, rise {} fall {}",
         d.subnets.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
-        humantime::format_duration(d.sweep_interval), humantime::format_duration(d.check_interval), d.rise, d.fall);
+        humantime::format_duration(d.sweep_interval),
+        humantime::format_duration(d.check_interval),
+        d.rise,
+        d.fall
+    );
     println!("  open {base}/ in a browser (reload: sessionViews counts up), and {base}/_lb/health");
     println!();
 
     let story = async {
         let probe = reqwest::Client::builder().no_proxy().build()?;
         let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
-        println!("discovered all {} backends in {:.1}s, with no list of backends anywhere", backends.len(), took.as_secs_f64());
+        println!(
+            "discovered all {} backends in {:.1}s, with no list of backends anywhere",
+            backends.len(),
+            took.as_secs_f64()
+        );
 
         let alice = Client::new(&format!("{base}/"))?;
         print!("alice, 5 requests with her cookies:");
@@ -139,7 +185,9 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
         }
         println!("  (same backend, session counting up)");
 
-        let crowd: Vec<Client> = (0..30).map(|_| Client::new(&format!("{base}/"))).collect::<Result<_, _>>()?;
+        let crowd: Vec<Client> = (0..30)
+            .map(|_| Client::new(&format!("{base}/")))
+            .collect::<Result<_, _>>()?;
         let mut placed = Vec::new();
         for c in &crowd {
             placed.push(c.get().await?.ip);
@@ -148,30 +196,58 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
         for ip in &placed {
             *spread.entry(ip.as_str()).or_default() += 1;
         }
-        println!("30 more clients spread over the pool: {}",
-            spread.iter().map(|(ip, n)| format!("{ip}: {n}")).collect::<Vec<_>>().join(", "));
+        println!(
+            "30 more clients spread over the pool: {}",
+            spread
+                .iter()
+                .map(|(ip, n)| format!("{ip}: {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
 
-        let victim = backends.iter().find(|b| b.addr.ip().to_string() == home).map(|b| (b.addr, b.stop.clone()));
+        let victim = backends
+            .iter()
+            .find(|b| b.addr.ip().to_string() == home)
+            .map(|b| (b.addr, b.stop.clone()));
         if let Some((addr, stop)) = victim {
             println!();
             println!("stopping alice's backend {addr} ...");
             stop.cancel();
             let page = alice.get().await?;
-            println!("alice's next request: {}#{} (moved at once to her fallback backend; a new session)", page.ip, page.views);
+            println!(
+                "alice's next request: {}#{} (moved at once to her fallback backend; a new session)",
+                page.ip, page.views
+            );
             let mut kept = 0;
             let mut moved = 0;
             for (c, before) in crowd.iter().zip(&placed) {
                 let page = c.get().await?;
-                if page.ip == *before && page.views == 2 { kept += 1 } else { moved += 1 }
+                if page.ip == *before && page.views == 2 {
+                    kept += 1
+                } else {
+                    moved += 1
+                }
             }
-            println!("of the 30 others, {kept} kept their backend and session; {moved} had been on {addr} and moved");
-            let took = wait_healthy(&probe, &base, backends.len() - 1, Duration::from_secs(10)).await?;
-            println!("the prober confirmed {addr} gone {:.1}s later", took.as_secs_f64());
+            println!(
+                "of the 30 others, {kept} kept their backend and session; {moved} had been on {addr} and moved"
+            );
+            let took =
+                wait_healthy(&probe, &base, backends.len() - 1, Duration::from_secs(10)).await?;
+            println!(
+                "the prober confirmed {addr} gone {:.1}s later",
+                took.as_secs_f64()
+            );
             let revived = start_backend(addr, &tasks, &shutdown).await?;
             let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
-            println!("restarted {addr}: back in the pool after {:.1}s, and alice goes home to it:", took.as_secs_f64());
+            println!(
+                "restarted {addr}: back in the pool after {:.1}s, and alice goes home to it:",
+                took.as_secs_f64()
+            );
             let page = alice.get().await?;
-            println!("alice: {}#{} (a fresh session: the old one died with its process)", page.ip, page.views);
+            println!(
+                "alice: {}#{} (a fresh session: the old one died with its process)",
+                page.ip, page.views
+            );
             backends.retain(|b| b.addr != addr);
             backends.push(revived);
         }

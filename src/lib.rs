@@ -43,7 +43,11 @@ use tokio_util::task::TaskTracker;
 
 /// Runs the balancer on `listener` until `shutdown` is cancelled, then drains in-flight
 /// requests within `timeouts.shutdown`. The prober keeps the pool current while draining.
-pub async fn run(config: Config, listener: TcpListener, shutdown: CancellationToken) -> std::io::Result<()> {
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listen = listener.local_addr()?;
     let (writer, reader) = pool::new();
     let (reports, reports_rx) = pool::reports();

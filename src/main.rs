@@ -12,7 +12,10 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(version, about = "A load balancer that finds its backends by sweeping a subnet")]
+#[command(
+    version,
+    about = "A load balancer that finds its backends by sweeping a subnet"
+)]
 struct Args {
     /// The config file to run with.
     #[arg(long, short, default_value = "config.yaml", global = true)]
@@ -48,7 +51,9 @@ fn main() -> ExitCode {
         .init();
     match args.command {
         Some(Command::Check) => check(&args.config),
-        Some(Command::Webapp { listen, app }) => exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app)))),
+        Some(Command::Webapp { listen, app }) => {
+            exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app))))
+        }
         // The demo always runs its own loopback config, whatever --config says.
         Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
             Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
@@ -95,17 +100,34 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!("{}: ok", path.display());
     println!("listen          {}", config.listen);
     for net in &d.subnets {
-        println!("sweep           {net} ({} addresses)", sweeplb::config::host_count(net));
+        println!(
+            "sweep           {net} ({} addresses)",
+            sweeplb::config::host_count(net)
+        );
     }
     for net in &d.exclude {
         println!("exclude         {net}");
     }
     println!("addresses       {}", config.address_count());
     println!("port            {}", d.port);
-    println!("health          GET {} expecting {}-{}{}", d.health_path, d.expect_status.start(), d.expect_status.end(),
-        d.expect_body.as_ref().map(|b| format!(" and a body containing {b:?}")).unwrap_or_default());
-    println!("check_interval  {}", humantime::format_duration(d.check_interval));
-    println!("sweep_interval  {}", humantime::format_duration(d.sweep_interval));
+    println!(
+        "health          GET {} expecting {}-{}{}",
+        d.health_path,
+        d.expect_status.start(),
+        d.expect_status.end(),
+        d.expect_body
+            .as_ref()
+            .map(|b| format!(" and a body containing {b:?}"))
+            .unwrap_or_default()
+    );
+    println!(
+        "check_interval  {}",
+        humantime::format_duration(d.check_interval)
+    );
+    println!(
+        "sweep_interval  {}",
+        humantime::format_duration(d.sweep_interval)
+    );
     println!("timeout         {}", humantime::format_duration(d.timeout));
     println!("rise/fall       {}/{}", d.rise, d.fall);
     println!("concurrency     {}", d.concurrency);
@@ -115,13 +137,14 @@ fn check(path: &std::path::Path) -> ExitCode {
 /// SIGINT or SIGTERM cancels the token; a second one exits at once.
 fn on_signal(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGTERM");
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGTERM");
+                    return;
+                }
+            };
         for round in 0..2 {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
@@ -165,7 +188,12 @@ async fn webapp(listen: SocketAddr, app: String) -> anyhow::Result<()> {
     tracing::info!(%listen, "webapp listening");
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    sweeplb::webapp::run(listener, Arc::new(sweeplb::webapp::Webapp::new(&app)), shutdown).await;
+    sweeplb::webapp::run(
+        listener,
+        Arc::new(sweeplb::webapp::Webapp::new(&app)),
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 

@@ -155,9 +155,10 @@ pub struct Departure {
 
 #[derive(Debug, Clone)]
 pub struct SweepReport {
-    /// Addresses probed in the round (the ranges less exclusions and current members).
+    /// Addresses covered by the round: the ranges less exclusions. Members are covered by their
+    /// own checks rather than probed again.
     pub addresses: u64,
-    /// Addresses that answered the health check in the round.
+    /// Addresses that answered: new ones the round found, plus the members it passed over.
     pub found: u64,
     pub duration: Duration,
     pub finished: SystemTime,

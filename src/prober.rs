@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Discovery, PROBE_BODY_LIMIT};
-use crate::pool::{self, Backend, Departure, Member, Report, Routing, Snapshot, State, SweepReport};
+use crate::pool::{
+    self, Backend, Departure, Member, Report, Routing, Snapshot, State, SweepReport,
+};
 
 /// Sent with every probe. A sweeplb that receives it answers for itself instead of forwarding,
 /// with [`BALANCER_HEADER`], so that balancers never add each other (or themselves) as backends.
@@ -201,7 +203,11 @@ impl Health {
                     let was_joining = self.state == State::Joining;
                     self.state = State::Healthy;
                     self.routed = true;
-                    if was_joining { Change::Joined } else { Change::Recovered }
+                    if was_joining {
+                        Change::Joined
+                    } else {
+                        Change::Recovered
+                    }
                 }
                 _ => Change::None,
             }
@@ -211,6 +217,7 @@ impl Health {
             match self.state {
                 State::Joining => Change::Dropped,
                 _ if self.fail >= self.fall => {
+                    self.state = State::Leaving;
                     self.routed = false;
                     Change::Left
                 }
@@ -298,7 +305,11 @@ struct Order {
 impl Order {
     fn random(len: u64) -> Order {
         if len <= 1 {
-            return Order { len, offset: 0, stride: 1 };
+            return Order {
+                len,
+                offset: 0,
+                stride: 1,
+            };
         }
         let offset = fastrand::u64(0..len);
         let stride = loop {
@@ -307,7 +318,11 @@ impl Order {
                 break s;
             }
         };
-        Order { len, offset, stride }
+        Order {
+            len,
+            offset,
+            stride,
+        }
     }
 
     fn at(&self, i: u64) -> u64 {
@@ -364,6 +379,8 @@ struct Round {
     inflight: u64,
     probed: u64,
     found: u64,
+    /// Members passed over by the sweep: covered by their own checks.
+    members: u64,
 }
 
 /// The prober's state, owned by its one task.
@@ -492,6 +509,7 @@ impl Prober {
                 inflight: 0,
                 probed: 0,
                 found: 0,
+                members: 0,
             });
             self.next_round += self.d.sweep_interval;
             if self.next_round < now {
@@ -504,7 +522,9 @@ impl Prober {
         let sweep_limit = limit - reserve;
         let window = self.d.sweep_interval / 2;
         let total = self.targets.len();
-        let Some(round) = self.round.as_mut() else { return };
+        let Some(round) = self.round.as_mut() else {
+            return;
+        };
         let elapsed = now.duration_since(round.started).as_secs_f64();
         let paced = ((elapsed / window.as_secs_f64()) * total as f64).ceil() as u64;
         let until = paced.clamp(1, total.max(1)).min(total);
@@ -512,9 +532,15 @@ impl Prober {
         while round.next < until && self.inflight + launch.len() < sweep_limit {
             let position = round.next;
             round.next += 1;
-            let Some(ip) = self.targets.get(self.order.at(position)) else { continue };
+            let Some(ip) = self.targets.get(self.order.at(position)) else {
+                continue;
+            };
             let addr = SocketAddr::new(ip, self.d.port);
-            if self.members.contains_key(&addr) || self.skip.iter().any(|n| n.contains(&ip)) {
+            if self.skip.iter().any(|n| n.contains(&ip)) {
+                continue;
+            }
+            if self.members.contains_key(&addr) {
+                round.members += 1;
                 continue;
             }
             launch.push(addr);
@@ -531,10 +557,12 @@ impl Prober {
     }
 
     fn finish_round(&mut self, now: Instant) {
-        let Some(round) = self.round.take() else { return };
+        let Some(round) = self.round.take() else {
+            return;
+        };
         let report = SweepReport {
-            addresses: round.probed,
-            found: round.found + self.members.len() as u64,
+            addresses: round.probed + round.members,
+            found: round.found + round.members,
             duration: now.duration_since(round.started),
             finished: SystemTime::now(),
         };
@@ -558,7 +586,13 @@ impl Prober {
         } else {
             wake = wake.min(self.next_round);
         }
-        if let Some(due) = self.members.values().filter(|t| !t.probing).map(|t| t.due).min() {
+        if let Some(due) = self
+            .members
+            .values()
+            .filter(|t| !t.probing)
+            .map(|t| t.due)
+            .min()
+        {
             wake = wake.min(due);
         }
         if self.status_dirty && !self.routing_dirty {
@@ -603,7 +637,9 @@ impl Prober {
     }
 
     fn checked(&mut self, addr: SocketAddr, took: Duration, result: Result<(), Failure>) {
-        let Some(t) = self.members.get_mut(&addr) else { return };
+        let Some(t) = self.members.get_mut(&addr) else {
+            return;
+        };
         t.probing = false;
         t.last_check = Some(took);
         let ms = took.as_secs_f64() * 1e3;
@@ -625,19 +661,27 @@ impl Prober {
 
     fn report(&mut self, report: Report) {
         let Report::ConnectFailed { addr, reason } = report;
-        let Some(t) = self.members.get_mut(&addr) else { return };
+        let Some(t) = self.members.get_mut(&addr) else {
+            return;
+        };
         let change = t.health.connect_failed();
         if change != Change::None {
             t.last_error = Some(reason.clone());
             self.status_dirty = true;
-            self.apply(addr, change, Some(format!("request could not connect: {reason}")));
+            self.apply(
+                addr,
+                change,
+                Some(format!("request could not connect: {reason}")),
+            );
         }
     }
 
     /// Logs a transition and updates membership; every routing change goes through here.
     fn apply(&mut self, addr: SocketAddr, change: Change, reason: Option<String>) {
         let reason = reason.unwrap_or_default();
-        let Some(t) = self.members.get_mut(&addr) else { return };
+        let Some(t) = self.members.get_mut(&addr) else {
+            return;
+        };
         match change {
             Change::None => {}
             Change::Joined => {
@@ -754,37 +798,105 @@ mod tests {
 
     #[test]
     fn hysteresis_table() {
-        let cases: &[(u32, u32, &str, &[(State, bool, Change)])] = &[
+        type Case<'a> = (u32, u32, &'a str, &'a [(State, bool, Change)]);
+        let cases: &[Case] = &[
             // rise 2: found, then one more success joins.
-            (2, 2, "+", &[(Joining, false, None), (Healthy, true, Joined)]),
+            (
+                2,
+                2,
+                "+",
+                &[(Joining, false, None), (Healthy, true, Joined)],
+            ),
             // rise 1: the finding probe is enough.
             (1, 2, "", &[(Healthy, true, Joined)]),
             // A failure while joining forgets the address.
-            (3, 2, "+-", &[(Joining, false, None), (Joining, false, None), (Joining, false, Dropped)]),
+            (
+                3,
+                2,
+                "+-",
+                &[
+                    (Joining, false, None),
+                    (Joining, false, None),
+                    (Joining, false, Dropped),
+                ],
+            ),
             // fall 2: one failure is "leaving" but still routed; a success recovers.
-            (1, 2, "-+", &[(Healthy, true, Joined), (Leaving, true, Failing), (Healthy, true, Recovered)]),
+            (
+                1,
+                2,
+                "-+",
+                &[
+                    (Healthy, true, Joined),
+                    (Leaving, true, Failing),
+                    (Healthy, true, Recovered),
+                ],
+            ),
             // fall 2: two failures leave.
-            (1, 2, "--", &[(Healthy, true, Joined), (Leaving, true, Failing), (Leaving, false, Left)]),
+            (
+                1,
+                2,
+                "--",
+                &[
+                    (Healthy, true, Joined),
+                    (Leaving, true, Failing),
+                    (Leaving, false, Left),
+                ],
+            ),
             // fall 1: one failure leaves.
-            (1, 1, "-", &[(Healthy, true, Joined), (Leaving, false, Left)]),
+            (
+                1,
+                1,
+                "-",
+                &[(Healthy, true, Joined), (Leaving, false, Left)],
+            ),
             // A failed request unroutes at once and counts as one failure; one more check failure leaves.
-            (1, 2, "x-", &[(Healthy, true, Joined), (Leaving, false, Unrouted), (Leaving, false, Left)]),
+            (
+                1,
+                2,
+                "x-",
+                &[
+                    (Healthy, true, Joined),
+                    (Leaving, false, Unrouted),
+                    (Leaving, false, Left),
+                ],
+            ),
             // Repeated request failures count once; rise successes bring it back.
-            (2, 3, "+xx++", &[
-                (Joining, false, None), (Healthy, true, Joined), (Leaving, false, Unrouted),
-                (Leaving, false, None), (Leaving, false, None), (Healthy, true, Recovered),
-            ]),
+            (
+                2,
+                3,
+                "+xx++",
+                &[
+                    (Joining, false, None),
+                    (Healthy, true, Joined),
+                    (Leaving, false, Unrouted),
+                    (Leaving, false, None),
+                    (Leaving, false, None),
+                    (Healthy, true, Recovered),
+                ],
+            ),
             // fall 1 and a failed request: gone at once.
-            (1, 1, "x", &[(Healthy, true, Joined), (Leaving, false, Left)]),
+            (
+                1,
+                1,
+                "x",
+                &[(Healthy, true, Joined), (Leaving, false, Left)],
+            ),
         ];
         for (rise, fall, steps, expected) in cases {
-            assert_eq!(&run(*rise, *fall, steps), expected, "rise {rise} fall {fall} steps {steps:?}");
+            assert_eq!(
+                &run(*rise, *fall, steps),
+                expected,
+                "rise {rise} fall {fall} steps {steps:?}"
+            );
         }
     }
 
     #[test]
     fn targets_walk_hosts_of_every_range() {
-        let t = Targets::new(&["127.77.0.0/30".parse().unwrap(), "127.78.0.9/32".parse().unwrap()]);
+        let t = Targets::new(&[
+            "127.77.0.0/30".parse().unwrap(),
+            "127.78.0.9/32".parse().unwrap(),
+        ]);
         assert_eq!(t.len(), 3);
         let all: Vec<String> = (0..3).map(|i| t.get(i).unwrap().to_string()).collect();
         assert_eq!(all, ["127.77.0.1", "127.77.0.2", "127.78.0.9"]);
@@ -807,6 +919,10 @@ mod tests {
         assert_eq!(own_addresses(listen, 3000), vec![IpNet::from(listen.ip())]);
         assert!(own_addresses(listen, 8080).is_empty());
         let any: SocketAddr = "0.0.0.0:3000".parse().unwrap();
-        assert!(own_addresses(any, 3000).iter().any(|n| n.contains(&"127.77.0.10".parse::<IpAddr>().unwrap())));
+        assert!(
+            own_addresses(any, 3000)
+                .iter()
+                .any(|n| n.contains(&"127.77.0.10".parse::<IpAddr>().unwrap()))
+        );
     }
 }

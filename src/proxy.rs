@@ -83,8 +83,13 @@ impl Error {
         let (status, message) = match self {
             Error::NoBackend => (StatusCode::SERVICE_UNAVAILABLE, "no backend is healthy"),
             Error::Connect { .. } => (StatusCode::BAD_GATEWAY, "no backend could be reached"),
-            Error::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, "the backend did not answer in time"),
-            Error::Backend { .. } | Error::Gone { .. } => (StatusCode::BAD_GATEWAY, "the backend failed"),
+            Error::Timeout { .. } => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "the backend did not answer in time",
+            ),
+            Error::Backend { .. } | Error::Gone { .. } => {
+                (StatusCode::BAD_GATEWAY, "the backend failed")
+            }
         };
         let mut chain = self.to_string();
         let mut source = std::error::Error::source(self);
@@ -129,7 +134,12 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn new(pool: pool::Reader, key: Key, timeouts: Timeouts, reports: mpsc::Sender<Report>) -> Proxy {
+    pub fn new(
+        pool: pool::Reader,
+        key: Key,
+        timeouts: Timeouts,
+        reports: mpsc::Sender<Report>,
+    ) -> Proxy {
         Proxy {
             upstream: Arc::new(upstream::Pool::new(timeouts.connect, timeouts.idle)),
             pool,
@@ -175,8 +185,13 @@ impl Proxy {
         } else {
             let (mut parts, body) = req.into_parts();
             prepare_request(&mut parts, peer);
-            let replay = (is_idempotent(&parts.method) && body.is_end_stream())
-                .then(|| (parts.method.clone(), parts.uri.clone(), parts.headers.clone()));
+            let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
+                (
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                )
+            });
             let req = Request::from_parts(parts, Either::Left(body));
             self.send(routing.candidates(hash), req, replay).await
         };
@@ -247,7 +262,10 @@ impl Proxy {
                         unsent = e.take_message();
                         let error = e.into_error();
                         if unsent.is_none() && replay.is_none() {
-                            return Err(Error::Backend { addr, source: error });
+                            return Err(Error::Backend {
+                                addr,
+                                source: error,
+                            });
                         }
                         debug!(%addr, reused, error = %error, "upstream request failed; retrying");
                         if !reused {
@@ -283,7 +301,11 @@ impl Proxy {
             }
         }
         Err(match last_connect {
-            Some((addr, source)) => Error::Connect { tried, addr, source },
+            Some((addr, source)) => Error::Connect {
+                tried,
+                addr,
+                source,
+            },
             None => Error::NoBackend,
         })
     }
@@ -470,10 +492,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Secret"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h);

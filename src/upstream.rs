@@ -96,10 +96,11 @@ impl Pool {
     /// Always a new connection (for a retry after a warm connection failed mid-request).
     pub async fn connect(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-            Ok(s) => s?,
-            Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
-        };
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+                Ok(s) => s?,
+                Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
+            };
         stream.set_nodelay(true)?;
         let (send, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))

@@ -2,8 +2,9 @@
 //! tests, and the image of the Docker stack.
 //!
 //! `GET /` counts views in a server-side, in-memory session kept by a cookie, so a client that
-//! stays on one backend sees `sessionViews` go 1, 2, 3... and one that is moved starts again at
-//! 1. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer down.
+//! stays on one backend sees `sessionViews` go 1, 2, 3... and one that is moved starts again
+//! at one. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer.
+//!
 //! It is deliberately simple: no persistence, and the session table is bounded by clearing it.
 
 use std::collections::HashMap;
@@ -56,7 +57,8 @@ impl Webapp {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+    /// Answers one request that arrived on the local address `local`.
+    pub async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         let is_delay = req.uri().path() == "/delay";
         if delay > 0 && !is_delay {
@@ -69,7 +71,10 @@ impl Webapp {
             ),
             (&Method::POST, "/delay") => self.set_delay(req).await,
             (&Method::GET | &Method::HEAD, "/") => return self.index(&req, local),
-            _ => json(StatusCode::NOT_FOUND, serde_json::json!({ "error": "not found" })),
+            _ => json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({ "error": "not found" }),
+            ),
         };
         backend_header(&mut resp, local);
         resp
@@ -106,7 +111,9 @@ impl Webapp {
             }),
         );
         if fresh {
-            if let Ok(v) = HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly")) {
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("{SESSION_COOKIE}={id}; Path=/; HttpOnly"))
+            {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
         }
@@ -117,7 +124,12 @@ impl Webapp {
     async fn set_delay(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         let body = match Limited::new(req.into_body(), 4096).collect().await {
             Ok(b) => b.to_bytes(),
-            Err(_) => return json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": "body too large" })),
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": "body too large" }),
+                );
+            }
         };
         match serde_json::from_slice::<Delay>(&body) {
             Ok(d) => {
@@ -136,8 +148,10 @@ impl Webapp {
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     resp
 }
 
@@ -166,7 +180,9 @@ pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: Cancellation
                 }
             },
         };
-        let Ok(local) = stream.local_addr() else { continue };
+        let Ok(local) = stream.local_addr() else {
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let app = Arc::clone(&app);
         let service = service_fn(move |req| {

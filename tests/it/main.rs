@@ -1,4 +1,9 @@
-//! The one integration-test binary: fake backends on 127.77.x.y, the balancer run in-process,
+//! The one integration-test binary: fake backends on 127.77.N.x, the balancer run in-process,
 //! and one module per area.
 
+mod discovery;
 mod docker;
+mod forwarding;
+mod lifecycle;
+mod stickiness;
+mod support;

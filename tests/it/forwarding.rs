@@ -1,0 +1,284 @@
+//! Forwarding: headers added and removed, bodies streamed both ways, connect failures going to
+//! the fallback backend, and errors mapped to 502/503/504.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::support::{Balancer, Net, client, custom, text, webapp};
+
+/// A backend that describes the request it got, and answers with hop-by-hop headers of its own.
+fn echo(
+    req: http::Request<hyper::body::Incoming>,
+) -> impl Future<Output = http::Response<Full<Bytes>>> + Send {
+    async move {
+        if req.uri().path() == "/health" {
+            return text(200, "ok");
+        }
+        let headers: serde_json::Map<String, serde_json::Value> = req
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+            .collect();
+        let uri = req.uri().to_string();
+        let method = req.method().to_string();
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes().len())
+            .unwrap_or(0);
+        let json = serde_json::json!({ "headers": headers, "uri": uri, "method": method, "body_len": body });
+        let mut resp = text(200, &json.to_string());
+        resp.headers_mut()
+            .insert("connection", "x-hop".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-hop", "secret".parse().unwrap());
+        resp.headers_mut()
+            .insert("keep-alive", "timeout=5".parse().unwrap());
+        resp.headers_mut()
+            .insert("x-end-to-end", "kept".parse().unwrap());
+        resp
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarded_headers_are_added_and_hop_by_hop_headers_removed_both_ways() {
+    let net = Net::new(40);
+    let backend = custom(net.addr(10), echo);
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+
+    let resp = client()
+        .get(lb.url("/path?q=1"))
+        .header("host", "shop.example.test")
+        .header("x-forwarded-for", "127.9.9.9")
+        .header("connection", "x-private")
+        .header("x-private", "drop me")
+        .header("te", "trailers")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("x-app", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    for gone in ["x-hop", "keep-alive"] {
+        assert!(
+            resp.headers().get(gone).is_none(),
+            "response kept hop-by-hop {gone}"
+        );
+    }
+    assert_eq!(resp.headers()["x-end-to-end"], "kept");
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(seen["uri"], "/path?q=1");
+    assert_eq!(h["host"], "shop.example.test");
+    assert_eq!(h["x-forwarded-for"], "127.9.9.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], "shop.example.test");
+    assert_eq!(h["x-app"], "kept");
+    for gone in ["x-private", "te", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "request kept hop-by-hop {gone}: {h}");
+    }
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_stream_both_ways() {
+    let net = Net::new(41);
+    let backend = custom(
+        net.addr(10),
+        |req: http::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/health" {
+                return text(200, "ok");
+            }
+            // Echo the byte count and answer with 8 MiB.
+            let n = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes().len())
+                .unwrap_or(0);
+            let mut resp = http::Response::new(Full::new(Bytes::from(vec![b'x'; 8 << 20])));
+            resp.headers_mut()
+                .insert("x-received", n.to_string().parse().unwrap());
+            resp
+        },
+    );
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+    let upload = vec![b'y'; 16 << 20];
+    let resp = client()
+        .post(lb.url("/upload"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["x-received"],
+        (16 << 20).to_string().as_str()
+    );
+    assert_eq!(resp.bytes().await.unwrap().len(), 8 << 20);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_whose_backend_cannot_be_connected_goes_to_the_fallback_with_its_body() {
+    let net = Net::new(42);
+    let backends: Vec<_> = [10, 11, 12].map(|i| custom(net.addr(i), echo)).into();
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(
+        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // Find a cookie that lands on backend .11, then kill .11 before the prober can notice.
+    let target = net.ip(11).to_string();
+    let mut cookie = None;
+    for i in 0..200 {
+        let c = format!("sweeplb=k{i}");
+        let resp = client()
+            .get(lb.url("/"))
+            .header("cookie", &c)
+            .send()
+            .await
+            .unwrap();
+        if resp.headers()["x-backend-ip"] == target.as_str() {
+            cookie = Some(c);
+            break;
+        }
+    }
+    let cookie = cookie.expect("some key lands on .11");
+    backends[1].kill();
+    let resp = client()
+        .post(lb.url("/orders"))
+        .header("cookie", &cookie)
+        .body(vec![b'z'; 100_000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_ne!(resp.headers()["x-backend-ip"], target.as_str());
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["method"], "POST");
+    assert_eq!(seen["body_len"], 100_000);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_backend_gives_504_and_a_broken_one_502() {
+    let net = Net::new(43);
+    let backend = custom(
+        net.addr(10),
+        |req: http::Request<hyper::body::Incoming>| async move {
+            match req.uri().path() {
+                "/health" => text(200, "ok"),
+                "/hang" => {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    text(200, "too late")
+                }
+                _ => text(200, "ok"),
+            }
+        },
+    );
+    let lb = Balancer::start(&net.config("", "timeouts:\n  response: 300ms\n")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+    let resp = client().get(lb.url("/hang")).send().await.unwrap();
+    assert_eq!(resp.status(), 504);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["status"], 504);
+    // The backend stays in the pool: slowness is not a connect failure.
+    assert_eq!(lb.healthy().await, [backend.addr.to_string()]);
+    lb.stop().await;
+
+    // A backend that passes health checks but closes the connection on any other request.
+    let net = Net::new(44);
+    let listener = tokio::net::TcpListener::bind(net.addr(12)).await.unwrap();
+    let broken = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                break;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                if buf[..n].starts_with(b"GET /health ") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                }
+            });
+        }
+    });
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&[net.addr(12)], Duration::from_secs(5))
+        .await;
+    let resp = client()
+        .post(lb.url("/crash"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["error"], "the backend failed");
+    lb.stop().await;
+    broken.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lb_paths_are_answered_by_the_balancer_never_forwarded() {
+    let net = Net::new(45);
+    let backend = webapp(net.addr(10));
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+    let resp = client().get(lb.url("/_lb/nothing")).send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(resp.headers().get("x-backend-ip").is_none());
+    let resp = client().post(lb.url("/_lb/health")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let resp = client().get(lb.url("/")).send().await.unwrap();
+    assert!(resp.headers().get("x-backend-ip").is_some());
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_to_backends_are_reused() {
+    let net = Net::new(46);
+    let backend = webapp(net.addr(10));
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+    let c = client();
+    for _ in 0..200 {
+        assert_eq!(
+            c.get(lb.url("/"))
+                .header("cookie", "sweeplb=same")
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let (_, h) = lb.health().await;
+    let connects = h["upstream"]["connects"].as_u64().unwrap();
+    let reused = h["upstream"]["reused"].as_u64().unwrap();
+    assert!(
+        connects <= 2,
+        "{connects} upstream connections for 200 sequential requests"
+    );
+    assert!(reused >= 198, "{reused} reused");
+    assert_eq!(h["backends"][0]["requests"], 200);
+    lb.stop().await;
+}
