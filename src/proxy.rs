@@ -177,8 +177,7 @@ impl Proxy {
     }
 
     async fn forward(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<ResponseBody> {
-        let (key, new_cookie) = self.key_of(req.headers(), peer);
-        let hash = balancer::key_hash(key.as_bytes());
+        let (hash, new_cookie) = self.key_of(req.headers(), peer);
         let routing = Arc::clone(&self.pool.borrow().routing);
         let result = if routing.backends.is_empty() {
             Err(Error::NoBackend)
@@ -318,22 +317,27 @@ impl Proxy {
         });
     }
 
-    /// The stickiness key of a request, and the fresh cookie value to set if it had none.
-    fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (String, Option<String>) {
+    /// The hash of a request's stickiness key, and the fresh cookie value to set if it had
+    /// none. Hashes the key where it lies: no copy on the request path.
+    fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (u64, Option<String>) {
+        let fresh = || format!("{:032x}", fastrand::u128(..));
         match &self.key {
             Key::Cookie(name) => match cookie(headers, name) {
-                Some(v) => (v.to_string(), None),
+                Some(v) => (balancer::key_hash(v.as_bytes()), None),
                 None => {
-                    let fresh = format!("{:032x}", fastrand::u128(..));
-                    (fresh.clone(), Some(fresh))
+                    let value = fresh();
+                    (balancer::key_hash(value.as_bytes()), Some(value))
                 }
             },
             Key::Header(name) => match headers.get(name) {
-                Some(v) => (String::from_utf8_lossy(v.as_bytes()).into_owned(), None),
+                Some(v) => (balancer::key_hash(v.as_bytes()), None),
                 // Without the header there is nothing to stick to: spread.
-                None => (format!("{:032x}", fastrand::u128(..)), None),
+                None => (balancer::key_hash(fresh().as_bytes()), None),
             },
-            Key::ClientIp => (peer.ip().to_string(), None),
+            Key::ClientIp => match peer.ip() {
+                std::net::IpAddr::V4(ip) => (balancer::key_hash(&ip.octets()), None),
+                std::net::IpAddr::V6(ip) => (balancer::key_hash(&ip.octets()), None),
+            },
         }
     }
 }

@@ -9,38 +9,35 @@ use http_body_util::{BodyExt, Full};
 use crate::support::{Balancer, Net, client, custom, text, webapp};
 
 /// A backend that describes the request it got, and answers with hop-by-hop headers of its own.
-fn echo(
-    req: http::Request<hyper::body::Incoming>,
-) -> impl Future<Output = http::Response<Full<Bytes>>> + Send {
-    async move {
-        if req.uri().path() == "/health" {
-            return text(200, "ok");
-        }
-        let headers: serde_json::Map<String, serde_json::Value> = req
-            .headers()
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
-            .collect();
-        let uri = req.uri().to_string();
-        let method = req.method().to_string();
-        let body = req
-            .into_body()
-            .collect()
-            .await
-            .map(|b| b.to_bytes().len())
-            .unwrap_or(0);
-        let json = serde_json::json!({ "headers": headers, "uri": uri, "method": method, "body_len": body });
-        let mut resp = text(200, &json.to_string());
-        resp.headers_mut()
-            .insert("connection", "x-hop".parse().unwrap());
-        resp.headers_mut()
-            .insert("x-hop", "secret".parse().unwrap());
-        resp.headers_mut()
-            .insert("keep-alive", "timeout=5".parse().unwrap());
-        resp.headers_mut()
-            .insert("x-end-to-end", "kept".parse().unwrap());
-        resp
+async fn echo(req: http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
+    if req.uri().path() == "/health" {
+        return text(200, "ok");
     }
+    let headers: serde_json::Map<String, serde_json::Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").into()))
+        .collect();
+    let uri = req.uri().to_string();
+    let method = req.method().to_string();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes().len())
+        .unwrap_or(0);
+    let json =
+        serde_json::json!({ "headers": headers, "uri": uri, "method": method, "body_len": body });
+    let mut resp = text(200, &json.to_string());
+    resp.headers_mut()
+        .insert("connection", "x-hop".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-hop", "secret".parse().unwrap());
+    resp.headers_mut()
+        .insert("keep-alive", "timeout=5".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-end-to-end", "kept".parse().unwrap());
+    resp
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
