@@ -1,0 +1,992 @@
+"""The benchmark driver behind bench/run.sh: starts the proxies, backends and load, measures,
+and writes a markdown report.
+
+Everything here talks to 127.0.0.0/8 only (the `loopback` check guards every address we
+configure), every load is bounded by wrk's -d or a deadline, and every process is started
+through `Procs`, which records its pid for run.sh's backstop and ends it on exit.
+
+The machine is shared and noisy, so no figure stands alone: targets are measured in interleaved
+rounds (the order rotates each round), and comparisons are medians of per-round ratios.
+"""
+
+import argparse
+import csv
+import datetime
+import http.client
+import ipaddress
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SWEEPLB = os.path.join(ROOT, "target", "release", "sweeplb")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+# ---- addresses: all loopback, none shared between parts ----
+BACKEND = ("127.80.1.2", 18080)  # the nginx backend of the proxy bench
+BACKEND_STATUS = ("127.80.1.2", 18081)  # its stub_status, not on the swept port
+PROXY_RANGE = "127.80.1.0/29"  # what sweeplb sweeps to discover BACKEND
+LISTEN = {
+    "sweeplb": ("127.80.9.1", 18000),
+    "haproxy": ("127.80.9.2", 18000),
+    "nginx": ("127.80.9.3", 18000),
+    "direct": BACKEND,
+}
+SWEEP_PORT = 19000
+SWEEP_LISTEN = ("127.83.0.1", 19001)
+SWEEP_RANGES = {
+    "/20": ("127.82.0.0/20", ["127.82.0.10", "127.82.5.77", "127.82.10.200", "127.82.15.254"]),
+    "/16": ("127.81.0.0/16", ["127.81.0.5", "127.81.77.1", "127.81.160.33", "127.81.255.254"]),
+}
+REACT_RANGE = "127.80.2.0/29"
+REACT_PORT = 19100
+REACT_BACKENDS = ["127.80.2.2", "127.80.2.3", "127.80.2.4"]
+REACT_NEW = "127.80.2.5"
+REACT_LISTEN = {"sweeplb": ("127.80.9.4", 19101), "haproxy": ("127.80.9.5", 19101)}
+COOKIE = "Cookie: sweeplb=bench"
+
+LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+
+
+def loopback(addr):
+    """Refuses any address or range outside 127.0.0.0/8: the harness's network rule."""
+    net = ipaddress.ip_network(addr, strict=False)
+    if not net.subnet_of(LOOPBACK):
+        raise SystemExit(f"bench: {addr} is not loopback; refusing")
+    return addr
+
+
+for a in [BACKEND[0], BACKEND_STATUS[0], PROXY_RANGE, SWEEP_LISTEN[0], REACT_RANGE, REACT_NEW]:
+    loopback(a)
+for a, _ in list(LISTEN.values()) + list(REACT_LISTEN.values()):
+    loopback(a)
+for net, live in SWEEP_RANGES.values():
+    loopback(net)
+    for a in live:
+        assert ipaddress.ip_address(a) in ipaddress.ip_network(net)
+for a in REACT_BACKENDS + [REACT_NEW]:
+    assert ipaddress.ip_address(a) in ipaddress.ip_network(REACT_RANGE)
+
+
+def log(*args):
+    print("bench:", *args, file=sys.stderr, flush=True)
+
+
+# ---- processes ----
+
+
+class Procs:
+    """Every process the driver starts; each pid is also written to WORK/pids."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []
+
+    def start(self, name, argv, env=None):
+        logf = open(os.path.join(self.work, f"{name}.log"), "ab")
+        e = dict(os.environ)
+        e.update(env or {})
+        p = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=e)
+        p.name = name
+        self.procs.append(p)
+        self.record(p.pid)
+        return p
+
+    def record(self, pid):
+        with open(os.path.join(self.work, "pids"), "a") as f:
+            f.write(f"{pid}\n")
+
+    def stop(self, p, sig=signal.SIGTERM):
+        if p.poll() is None:
+            for pid in family(p.pid):
+                try:
+                    os.kill(pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
+            p.send_signal(sig)
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p in self.procs:
+            self.procs.remove(p)
+
+    def stop_all(self):
+        for p in list(reversed(self.procs)):
+            self.stop(p)
+
+
+def children(pid):
+    out = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def family(pid):
+    """A process and its children (nginx's workers)."""
+    return [pid] + children(pid)
+
+
+def cpu_ticks(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total
+
+
+def hwm_kib(pids):
+    """Peak RSS, summed over the processes (nginx: master and workers)."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def pause(pids):
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+
+
+def resume(pids):
+    for pid in pids:
+        os.kill(pid, signal.SIGCONT)
+
+
+def wait_port(addr, deadline_s=10):
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        try:
+            socket.create_connection(addr, timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"bench: nothing listens on {addr[0]}:{addr[1]} after {deadline_s}s")
+
+
+def http_get(addr, path, headers=None, timeout=2):
+    c = http.client.HTTPConnection(addr[0], addr[1], timeout=timeout)
+    try:
+        c.request("GET", path, headers=headers or {})
+        r = c.getresponse()
+        return r.status, r.read(), dict(r.getheaders())
+    finally:
+        c.close()
+
+
+def lb_health(addr):
+    status, body, _ = http_get(addr, "/_lb/health")
+    return json.loads(body)
+
+
+# ---- configs ----
+
+
+def nginx_conf(work, name, workers, http_block):
+    conf = os.path.join(work, f"{name}.conf")
+    tmp = os.path.join(work, f"{name}-tmp")
+    os.makedirs(tmp, exist_ok=True)
+    with open(conf, "w") as f:
+        f.write(f"""
+worker_processes {workers};
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log warn;
+worker_rlimit_nofile 65536;
+events {{ worker_connections 16384; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    # Keep-alive limits out of the way: nginx closes a connection after 1000 requests by
+    # default, which would make every proxy reconnect once per 1000 requests.
+    keepalive_requests 100000000;
+    keepalive_timeout 300s;
+{http_block}
+}}
+""")
+    return conf
+
+
+def start_nginx(procs, work, name, workers, http_block, wait_for):
+    conf = nginx_conf(work, name, workers, http_block)
+    p = procs.start(name, ["nginx", "-p", work, "-e", f"{work}/{name}-error.log", "-c", conf])
+    wait_port(wait_for)
+    time.sleep(0.1)
+    for c in children(p.pid):
+        procs.record(c)
+    return p
+
+
+def haproxy_conf(work, name, body):
+    conf = os.path.join(work, f"{name}.cfg")
+    with open(conf, "w") as f:
+        f.write(f"""
+global
+    nbthread 2
+    # What this container's 20000-descriptor hard limit allows (two per connection).
+    maxconn 8000
+    stats socket {work}/{name}.sock mode 600 level admin
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse safe
+    timeout connect 1s
+    timeout client 30s
+    timeout server 30s
+    timeout http-keep-alive 300s
+{body}
+""")
+    return conf
+
+
+def haproxy_stat(sock_path):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    s.connect(sock_path)
+    s.sendall(b"show stat\n")
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    text = data.decode().lstrip("# ")
+    return list(csv.DictReader(text.splitlines()))
+
+
+def sweeplb_conf(work, name, listen, subnet, port, extra=""):
+    loopback(subnet)
+    conf = os.path.join(work, f"{name}.yaml")
+    with open(conf, "w") as f:
+        f.write(f"""listen: {listen[0]}:{listen[1]}
+discovery:
+  subnets: [{subnet}]
+  port: {port}
+  health_path: /health
+{extra}""")
+    return conf
+
+
+def start_sweeplb(procs, name, conf):
+    out = subprocess.run([SWEEPLB, "--config", conf, "check"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"bench: {conf} is refused by sweeplb check:\n{out.stdout}{out.stderr}")
+    return procs.start(name, [SWEEPLB, "--config", conf], env={"RUST_LOG": "info"})
+
+
+# ---- wrk ----
+
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}
+
+
+def ms_of(text):
+    m = re.match(r"([\d.]+)(us|ms|s|m)$", text)
+    return float(m.group(1)) * UNITS[m.group(2)]
+
+
+def wrk(addr, conns, seconds, header=None, timeout_s=None):
+    threads = min(2, conns)
+    argv = ["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds}s", "--latency"]
+    if timeout_s:
+        argv += ["--timeout", f"{timeout_s}s"]
+    if header:
+        argv += ["-H", header]
+    argv.append(f"http://{loopback(addr[0])}:{addr[1]}/")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30).stdout
+    r = {"raw": out}
+    m = re.search(r"(\d+) requests in ([\d.]+)(\w+)", out)
+    r["requests"] = int(m.group(1)) if m else 0
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    r["rps"] = float(m.group(1)) if m else 0.0
+    for pct in ("50", "99"):
+        m = re.search(rf"^\s+{pct}%\s+(\S+)", out, re.M)
+        r[f"p{pct}"] = ms_of(m.group(1)) if m else float("nan")
+    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    r["non2xx"] = int(m.group(1)) if m else 0
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    r["sockerr"] = tuple(int(x) for x in m.groups()) if m else (0, 0, 0, 0)
+    return r
+
+
+# ---- part 1: proxies ----
+
+
+class Target:
+    def __init__(self, name, addr, pids_fn, header=COOKIE):
+        self.name = name
+        self.addr = addr
+        self.pids_fn = pids_fn  # the proxy's processes; empty for direct
+        self.header = header
+
+    @property
+    def pids(self):
+        return self.pids_fn()
+
+
+def stub_accepts():
+    _, body, _ = http_get(BACKEND_STATUS, "/")
+    # "Active connections: N \nserver accepts handled requests\n A H R \n..."
+    return int(body.split(b"\n")[2].split()[0])
+
+
+def proxy_part(procs, work, quick):
+    ip, port = BACKEND
+    backend = start_nginx(procs, work, "backend", 1, f"""
+    server {{
+        listen {ip}:{port} backlog=4096;
+        location = /health {{ return 200 "ok\\n"; }}
+        location / {{ default_type text/plain; return 200 "hello from the bench backend\\n"; }}
+    }}
+    server {{
+        listen {BACKEND_STATUS[0]}:{BACKEND_STATUS[1]};
+        location / {{ stub_status; }}
+    }}
+""", BACKEND)
+
+    conf = sweeplb_conf(work, "sweeplb", LISTEN["sweeplb"], PROXY_RANGE, port, """  check_interval: 1s
+  sweep_interval: 2s
+  timeout: 500ms
+timeouts:
+  idle: 300s
+""")
+    lb = start_sweeplb(procs, "sweeplb", conf)
+    hconf = haproxy_conf(work, "haproxy", f"""
+frontend fe
+    bind {LISTEN['haproxy'][0]}:{LISTEN['haproxy'][1]}
+    option forwardfor
+    default_backend be
+backend be
+    balance roundrobin
+    server s1 {ip}:{port}
+""")
+    hap = procs.start("haproxy", ["haproxy", "-db", "-f", hconf])
+    ng = start_nginx(procs, work, "nginx", 2, f"""
+    upstream be {{
+        server {ip}:{port};
+        keepalive 256;
+        keepalive_requests 100000000;
+        keepalive_timeout 300s;
+    }}
+    server {{
+        listen {LISTEN['nginx'][0]}:{LISTEN['nginx'][1]} backlog=4096;
+        location / {{
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        }}
+    }}
+""", LISTEN["nginx"])
+    wait_port(LISTEN["haproxy"])
+    wait_port(LISTEN["sweeplb"])
+
+    # sweeplb must find its backend itself.
+    end = time.monotonic() + 15
+    while True:
+        h = lb_health(LISTEN["sweeplb"])
+        if h["healthy"] == 1 and h["backends"][0]["addr"] == f"{ip}:{port}":
+            break
+        if time.monotonic() > end:
+            raise SystemExit(f"bench: sweeplb did not discover {ip}:{port} in {PROXY_RANGE}: {h}")
+        time.sleep(0.1)
+    log(f"sweeplb discovered {ip}:{port} by sweeping {PROXY_RANGE}")
+
+    targets = [
+        Target("direct", LISTEN["direct"], lambda: []),
+        Target("sweeplb", LISTEN["sweeplb"], lambda: [lb.pid]),
+        Target("haproxy", LISTEN["haproxy"], lambda: [hap.pid]),
+        Target("nginx", LISTEN["nginx"], lambda: family(ng.pid)),
+    ]
+    proxies = [t for t in targets if t.pids]
+    for t in targets:
+        status, body, _ = http_get(t.addr, "/", {"Cookie": "sweeplb=bench"})
+        if status != 200 or b"bench backend" not in body:
+            raise SystemExit(f"bench: {t.name} answered {status} {body[:200]!r}")
+
+    def measure(t, conns, seconds, header):
+        for other in proxies:
+            if other is not t:
+                pause(other.pids)
+        resume(t.pids)
+        time.sleep(0.05)
+        before_cpu = cpu_ticks(t.pids) if t.pids else 0
+        before_be = cpu_ticks([backend.pid] + children(backend.pid))
+        before_acc = stub_accepts()
+        before_lb = lb_health(LISTEN["sweeplb"])["upstream"] if t.name == "sweeplb" else None
+        r = wrk(t.addr, conns, seconds, header)
+        after_acc = stub_accepts()
+        r["cpu_s"] = (cpu_ticks(t.pids) - before_cpu) / CLK_TCK if t.pids else float("nan")
+        r["backend_cpu_s"] = (cpu_ticks([backend.pid] + children(backend.pid)) - before_be) / CLK_TCK
+        if t.name == "sweeplb":
+            after_lb = lb_health(LISTEN["sweeplb"])["upstream"]
+            r["new_conns"] = after_lb["connects"] - before_lb["connects"]
+            r["reused"] = after_lb["reused"] - before_lb["reused"]
+        else:
+            # The second stub_status request counts itself; idle proxies are stopped, so
+            # nothing else reaches the backend.
+            r["new_conns"] = after_acc - before_acc - 1
+        r["backend_accepts"] = after_acc - before_acc - 1
+        r["hwm_kib"] = hwm_kib(t.pids) if t.pids else 0
+        for other in proxies:
+            resume(other.pids)
+        bad = r["non2xx"] + r["sockerr"][0] + r["sockerr"][3]
+        if r["requests"] == 0 or bad:
+            raise SystemExit(f"bench: {t.name} c={conns}: {r['requests']} requests, {r['non2xx']} non-2xx, "
+                             f"socket errors {r['sockerr']}\n{r['raw']}")
+        return r
+
+    rounds = 1 if quick else 5
+    secs64 = 1 if quick else 5
+    secs1 = 1 if quick else 3
+    log(f"warm-up: every target, c=64, {1 if quick else 3}s")
+    for t in targets:
+        measure(t, 64, 1 if quick else 3, t.header)
+    results = {(t.name, c): [] for t in targets for c in (64, 1)}
+    for rnd in range(rounds):
+        order = targets[rnd % len(targets):] + targets[:rnd % len(targets)]
+        for conns, secs in ((64, secs64), (1, secs1)):
+            for t in order:
+                r = measure(t, conns, secs, t.header)
+                results[(t.name, conns)].append(r)
+                log(f"round {rnd + 1}/{rounds} {t.name:8} c={conns:<3} {r['rps']:9.0f} req/s "
+                    f"p50 {r['p50']:.3f} ms p99 {r['p99']:.3f} ms cpu {r['cpu_s']:.2f}s "
+                    f"new conns {r['new_conns']}")
+    hwm64 = {t.name: hwm_kib(t.pids) for t in proxies}
+
+    # A returning client is measured above; a first visit (no cookie, so a fresh key and a
+    # Set-Cookie per request) once more, for the record.
+    fresh = []
+    for rnd in range(1 if quick else 3):
+        for t in (targets[2], targets[1]):
+            hdr = None if t.name == "sweeplb" else COOKIE
+            fresh.append((t.name, measure(t, 64, secs64, hdr)))
+
+    log("c=1000, short run per target")
+    c1000 = {}
+    for t in targets:
+        r = measure(t, 1000, 1 if quick else 5, t.header)
+        c1000[t.name] = r
+    hwm1000 = {t.name: hwm_kib(t.pids) for t in proxies}
+    for t in proxies:
+        resume(t.pids)
+    return {"results": results, "hwm64": hwm64, "hwm1000": hwm1000, "c1000": c1000, "fresh": fresh,
+            "rounds": rounds, "secs64": secs64, "secs1": secs1, "stop": [lb, hap, ng, backend]}
+
+
+# ---- part 2: sweep ----
+
+SWEEP_PARAMS = {
+    "/20": "  check_interval: 100ms\n  sweep_interval: 100ms\n  timeout: 50ms\n  concurrency: 4096\n",
+    "/16": "  check_interval: 200ms\n  sweep_interval: 500ms\n  timeout: 100ms\n  concurrency: 16384\n",
+}
+
+
+def nmap(net, port):
+    loopback(net)
+    t0 = time.monotonic()
+    out = subprocess.run(["nmap", "-sT", "-p", str(port), "-n", "-Pn", "--max-retries", "0", "-oG", "-", net],
+                         capture_output=True, text=True, timeout=120).stdout
+    took = time.monotonic() - t0
+    found = set()
+    for line in out.splitlines():
+        if "/open/" in line:
+            found.add(line.split()[1])
+    return took, found
+
+
+def sweep_part(procs, work, quick):
+    all_live = [a for _, live in SWEEP_RANGES.values() for a in live]
+    listens = "\n".join(f"        listen {a}:{SWEEP_PORT};" for a in all_live)
+    backends = start_nginx(procs, work, "sweep-backends", 1, f"""
+    server {{
+{listens}
+        location = /health {{ return 200 "ok\\n"; }}
+    }}
+""", (all_live[0], SWEEP_PORT))
+    out = {}
+    pairs = 1 if quick else 5
+    for label, (net, live) in SWEEP_RANGES.items():
+        conf = sweeplb_conf(work, f"sweep{label[1:]}", SWEEP_LISTEN, net, SWEEP_PORT, SWEEP_PARAMS[label])
+        lb = start_sweeplb(procs, f"sweep{label[1:]}", conf)
+        wait_port(SWEEP_LISTEN)
+        want = {f"{a}:{SWEEP_PORT}" for a in live}
+        end = time.monotonic() + 30
+        while True:
+            h = lb_health(SWEEP_LISTEN)
+            got = {b["addr"] for b in h["backends"]}
+            if h.get("last_sweep") and got == want and h["healthy"] == len(want):
+                break
+            if got - want:
+                raise SystemExit(f"bench: sweeplb invented backends in {net}: {sorted(got - want)}")
+            if time.monotonic() > end:
+                raise SystemExit(f"bench: sweeplb found {sorted(got)} of {sorted(want)} in {net} after 30s")
+            time.sleep(0.05)
+        rows = []
+        for i in range(pairs):
+            resume([lb.pid])
+            # The first report after a resume may cover a round that was stopped midway.
+            seen, reports = None, []
+            cpu0 = None
+            end = time.monotonic() + 30
+            while len(reports) < 3 and time.monotonic() < end:
+                h = lb_health(SWEEP_LISTEN)
+                s = h.get("last_sweep")
+                key = (s["duration_ms"], s["addresses"], s["found"]) if s else None
+                if key != seen:
+                    if seen is not None or reports:
+                        reports.append((time.monotonic(), cpu_ticks([lb.pid]), s, h))
+                    seen = key
+                time.sleep(0.01)
+            pause([lb.pid])
+            if len(reports) < 3:
+                raise SystemExit(f"bench: sweeplb reported {len(reports)} sweeps of {net} in 30s")
+            _, _, s, h = reports[2]
+            got = {b["addr"] for b in h["backends"]}
+            cpu_per_round = (reports[2][1] - reports[1][1]) / CLK_TCK
+            t_nmap, nmap_found = nmap(net, SWEEP_PORT)
+            nmap_found = {f"{a}:{SWEEP_PORT}" for a in nmap_found}
+            rows.append({"sweep_s": s["duration_ms"] / 1e3, "addresses": s["addresses"], "found": s["found"],
+                         "backends": sorted(got), "nmap_s": t_nmap, "nmap_found": sorted(nmap_found),
+                         "cpu_s": cpu_per_round})
+            log(f"sweep {net}: sweeplb {s['duration_ms']:.0f} ms ({s['addresses']} probed, found {s['found']}, "
+                f"~{cpu_per_round:.2f}s CPU), nmap {t_nmap * 1e3:.0f} ms (found {len(nmap_found)})")
+            if got != want or s["found"] != len(want):
+                raise SystemExit(f"bench: sweeplb's sweep of {net} shows {sorted(got)} (found {s['found']}), "
+                                 f"expected {sorted(want)}")
+            if nmap_found != want:
+                raise SystemExit(f"bench: nmap found {sorted(nmap_found)} in {net}, expected {sorted(want)}")
+        procs.stop(lb)
+        out[label] = {"net": net, "rows": rows, "params": SWEEP_PARAMS[label].strip().replace("\n  ", ", ")}
+    procs.stop(backends)
+    return out
+
+
+# ---- part 3: reaction ----
+
+
+class Client(threading.Thread):
+    """A bounded client loop: GET / over keep-alive at about `rate` per second until stopped or
+    `deadline_s`, recording (time, status or None, backend)."""
+
+    def __init__(self, addr, rate=200, deadline_s=60):
+        super().__init__(daemon=True)
+        self.addr = addr
+        self.gap = 1.0 / rate
+        self.deadline = time.monotonic() + deadline_s
+        self.log = []
+        self.stopped = threading.Event()
+
+    def run(self):
+        conn = None
+        nxt = time.monotonic()
+        while not self.stopped.is_set() and time.monotonic() < self.deadline and len(self.log) < 100000:
+            now = time.monotonic()
+            if now < nxt:
+                time.sleep(nxt - now)
+            nxt += self.gap
+            t = time.monotonic()
+            try:
+                if conn is None:
+                    conn = http.client.HTTPConnection(self.addr[0], self.addr[1], timeout=5)
+                conn.request("GET", "/")
+                r = conn.getresponse()
+                r.read()
+                self.log.append((t, r.status, r.getheader("x-backend-ip")))
+                if r.getheader("connection", "").lower() == "close":
+                    conn.close()
+                    conn = None
+            except (OSError, http.client.HTTPException) as e:
+                self.log.append((t, None, type(e).__name__))
+                if conn:
+                    conn.close()
+                conn = None
+
+    def stop(self):
+        self.stopped.set()
+        self.join(10)
+
+
+def react_part(procs, work, quick):
+    def webapp(ip):
+        return procs.start(f"webapp-{ip}", [SWEEPLB, "webapp", "--listen", f"{loopback(ip)}:{REACT_PORT}"],
+                           env={"RUST_LOG": "warn"})
+
+    def routed_sweeplb():
+        h = lb_health(REACT_LISTEN["sweeplb"])
+        return {b["addr"].split(":")[0] for b in h["backends"] if b["routed"]}
+
+    hsock = os.path.join(work, "haproxy-react.sock")
+
+    def routed_haproxy():
+        return {r["svname"].replace("w", "127.80.2.") for r in haproxy_stat(hsock)
+                if r["pxname"] == "be" and r["svname"].startswith("w") and r["status"].startswith("UP")}
+
+    servers = "\n".join(f"    server w{ip.split('.')[-1]} {ip}:{REACT_PORT} check" for ip in REACT_BACKENDS + [REACT_NEW])
+    reps = 1 if quick else 3
+    out = {"sweeplb": [], "haproxy": []}
+    for rep in range(reps):
+        for name in ("sweeplb", "haproxy"):
+            apps = {ip: webapp(ip) for ip in REACT_BACKENDS}
+            for ip in REACT_BACKENDS:
+                wait_port((ip, REACT_PORT))
+            if name == "sweeplb":
+                conf = sweeplb_conf(work, "react-sweeplb", REACT_LISTEN["sweeplb"], REACT_RANGE, REACT_PORT)
+                proxy = start_sweeplb(procs, "react-sweeplb", conf)
+                routed = routed_sweeplb
+            else:
+                conf = haproxy_conf(work, "haproxy-react", f"""
+frontend fe
+    bind {REACT_LISTEN['haproxy'][0]}:{REACT_LISTEN['haproxy'][1]}
+    default_backend be
+backend be
+    balance roundrobin
+{servers}
+""")
+                proxy = procs.start("haproxy-react", ["haproxy", "-db", "-f", conf])
+                routed = routed_haproxy
+            wait_port(REACT_LISTEN[name])
+            end = time.monotonic() + 20
+            while routed() != set(REACT_BACKENDS):
+                if time.monotonic() > end:
+                    raise SystemExit(f"bench: {name} routes {routed()}, expected {REACT_BACKENDS}")
+                time.sleep(0.05)
+            client = Client(REACT_LISTEN[name], rate=200, deadline_s=45)
+            client.start()
+            time.sleep(0.5 if quick else 1.5)
+            victim = REACT_BACKENDS[1]
+            t_kill = time.monotonic()
+            apps[victim].kill()
+            apps[victim].wait()
+            t_out = None
+            end = t_kill + 20
+            while time.monotonic() < end:
+                if victim not in routed():
+                    t_out = time.monotonic()
+                    break
+                time.sleep(0.01)
+            time.sleep(0.5 if quick else 1.0)
+            t_start = time.monotonic()
+            apps[REACT_NEW] = webapp(REACT_NEW)
+            t_join = None
+            end = t_start + 20
+            while time.monotonic() < end and t_join is None:
+                for t, status, b in list(client.log):
+                    if t >= t_start and status == 200 and b == REACT_NEW:
+                        t_join = t
+                        break
+                time.sleep(0.02)
+            time.sleep(0.5)
+            client.stop()
+            fails_kill = sum(1 for t, s, _ in client.log if s != 200 and t_kill <= t <= (t_out or end) + 1)
+            fails = sum(1 for _, s, _ in client.log if s != 200)
+            statuses = {}
+            for _, s, b in client.log:
+                if s != 200:
+                    statuses[s or b] = statuses.get(s or b, 0) + 1
+
+            # The same kill without client traffic: only the health checks can notice. The
+            # quick run leaves it out to stay within its minute.
+            victim2 = REACT_BACKENDS[2]
+            t_kill2 = time.monotonic()
+            apps[victim2].kill()
+            apps[victim2].wait()
+            t_out2 = None
+            end = t_kill2 + 20
+            while time.monotonic() < end and not quick:
+                if victim2 not in routed():
+                    t_out2 = time.monotonic()
+                    break
+                time.sleep(0.01)
+            row = {"out_s": (t_out - t_kill) if t_out else None, "join_s": (t_join - t_start) if t_join else None,
+                   "fails": fails, "fails_kill": fails_kill, "requests": len(client.log), "statuses": statuses,
+                   "out_idle_s": (t_out2 - t_kill2) if t_out2 else None}
+            out[name].append(row)
+            log(f"reaction {name}: out of routing {row['out_s']}, idle {row['out_idle_s']}, "
+                f"new backend serving after {row['join_s']}; {fails} failed of {len(client.log)} {statuses}")
+            procs.stop(proxy)
+            for p in apps.values():
+                procs.stop(p)
+            if t_out is None or t_join is None or (t_out2 is None and not quick):
+                raise SystemExit(f"bench: {name} reaction did not complete: {row}")
+    return out
+
+
+# ---- report ----
+
+
+def med(xs):
+    xs = [x for x in xs if x is not None and x == x]
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt(x, spec=".1f"):
+    return "n/a" if x is None or x != x else format(x, spec)
+
+
+def versions():
+    def first(argv):
+        try:
+            r = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+            return (r.stdout + r.stderr).strip().splitlines()[0]
+        except (OSError, IndexError, subprocess.TimeoutExpired):
+            return "?"
+
+    return {
+        "sweeplb": first([SWEEPLB, "--version"]) + " @ " + first(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"]),
+        "rustc": first(["rustc", "--version"]),
+        "haproxy": first(["haproxy", "-v"]),
+        "nginx": first(["nginx", "-v"]),
+        "wrk": first(["wrk", "-v"]).split(" [")[0],
+        "nmap": first(["nmap", "--version"]),
+        "kernel": platform.release(),
+    }
+
+
+def report(args, p1, p2, p3, ring_text):
+    model = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    mem = "?"
+    with open("/proc/meminfo") as f:
+        mem = f"{int(f.readline().split()[1]) // 1024 // 1024} GiB"
+    v = versions()
+    L = []
+    w = L.append
+    w(f"# sweeplb benchmarks{' (quick smoke run: numbers are not meaningful)' if args.quick else ''}")
+    w("")
+    w(f"- date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+    w(f"- machine: {os.cpu_count()} CPUs ({model}), {mem}; shared with other work, so every comparison "
+      f"is a median of per-round ratios from interleaved rounds")
+    w(f"- versions: {'; '.join(f'{k} {v}' if not v.lower().startswith(k) else v for k, v in v.items())}")
+    w(f"- command: `{args.command.strip()}`")
+    w("")
+    targets = []
+    if p1:
+        R = p1["results"]
+        w(f"## Proxy: one nginx backend (1 worker, short 200), wrk -t2, {p1['rounds']} interleaved rounds "
+          f"({p1['secs64']}s at c=64, {p1['secs1']}s at c=1) after a warm-up")
+        w("")
+        w("Every target gets `-H 'Cookie: sweeplb=bench'`: sweeplb's cookie mode measured for a returning "
+          "client (the key is read from the cookie, no Set-Cookie). HAProxy: `nbthread 2`, keep-alive, "
+          "`http-reuse safe`, `option forwardfor`, one server. nginx: 2 workers, `proxy_pass` to an upstream "
+          "with `keepalive 256`. sweeplb: its backend discovered by sweeping "
+          f"{PROXY_RANGE}. Proxies not being measured are SIGSTOPped during a round, so they use no CPU "
+          "and make no backend connections.")
+        w("")
+        w("| target | req/s c=64 | p50 c=64 | p99 c=64 | p50 c=1 | p99 c=1 | proxy CPU/req | "
+          "new upstream conns / 1000 req | peak RSS c=64 | peak RSS c=1000 |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        names = ["direct", "sweeplb", "haproxy", "nginx"]
+        for n in names:
+            a, b = R[(n, 64)], R[(n, 1)]
+            cpu = med([r["cpu_s"] / r["requests"] * 1e6 for r in a]) if n != "direct" else None
+            conns = med([r["new_conns"] / r["requests"] * 1000 for r in a])
+            w(f"| {n} | {med([r['rps'] for r in a]):,.0f} | {med([r['p50'] for r in a]):.3f} ms | "
+              f"{med([r['p99'] for r in a]):.3f} ms | {med([r['p50'] for r in b]):.3f} ms | "
+              f"{med([r['p99'] for r in b]):.3f} ms | {fmt(cpu)} µs | {conns:.3f} | "
+              f"{fmt(p1['hwm64'].get(n, None) and p1['hwm64'][n] / 1024)} MiB | "
+              f"{fmt(p1['hwm1000'].get(n, None) and p1['hwm1000'][n] / 1024)} MiB |")
+        w("")
+        w("Medians over rounds. CPU is utime+stime of the proxy's processes (nginx: master + workers) "
+          "from /proc/PID/stat; peak RSS is VmHWM (summed over nginx's processes). New upstream "
+          "connections: sweeplb's `/_lb/health` `upstream.connects`; HAProxy and nginx: the backend's "
+          "stub_status `accepts`; direct: wrk's own connections.")
+        w("")
+
+        def ratios(n, key, conns=64, base="haproxy"):
+            return [x[key] / y[key] for x, y in zip(R[(n, conns)], R[(base, conns)]) if y[key]]
+
+        def cpu_ratio(n):
+            return [(x["cpu_s"] / x["requests"]) / (y["cpu_s"] / y["requests"])
+                    for x, y in zip(R[(n, 64)], R[("haproxy", 64)]) if y["cpu_s"]]
+
+        def overhead(n, key, conns):
+            return [x[key] - d[key] for x, d in zip(R[(n, conns)], R[("direct", conns)])]
+
+        w("Per-round ratios against HAProxy (median, and the range over rounds):")
+        w("")
+        w("| target | throughput c=64 | CPU/request | p99 overhead over direct c=64 | p50 overhead over direct c=1 |")
+        w("|---|---:|---:|---:|---:|")
+        for n in ("sweeplb", "nginx", "haproxy"):
+            t = ratios(n, "rps")
+            c = cpu_ratio(n)
+            w(f"| {n} | {med(t):.2f}× ({min(t):.2f}–{max(t):.2f}) | {med(c):.2f}× ({min(c):.2f}–{max(c):.2f}) | "
+              f"{med(overhead(n, 'p99', 64)):+.3f} ms | {med(overhead(n, 'p50', 1)):+.3f} ms |")
+        w("")
+        fr = p1["fresh"]
+        fs = [r for n, r in fr if n == "sweeplb"]
+        fh = [r for n, r in fr if n == "haproxy"]
+        if fs and fh:
+            w(f"First visits (sweeplb without a cookie: a fresh key and a Set-Cookie per request), "
+              f"{len(fs)} paired round(s): sweeplb {med([r['rps'] for r in fs]):,.0f} req/s, "
+              f"{med([r['cpu_s'] / r['requests'] * 1e6 for r in fs]):.1f} µs CPU/req; HAProxy alongside "
+              f"{med([r['rps'] for r in fh]):,.0f} req/s; ratio {med([a['rps'] / b['rps'] for a, b in zip(fs, fh)]):.2f}×.")
+            w("")
+        c1 = p1["c1000"]
+        w("c=1000 (one short run each): " + ", ".join(
+            f"{n} {c1[n]['rps']:,.0f} req/s p99 {c1[n]['p99']:.1f} ms" for n in names) + ".")
+        w("")
+        # targets
+        t_rps = med(ratios("sweeplb", "rps"))
+        t_cpu = med(cpu_ratio("sweeplb"))
+        p99_s, p99_h = med(overhead("sweeplb", "p99", 64)), med(overhead("haproxy", "p99", 64))
+        p50_s, p50_h = med(overhead("sweeplb", "p50", 1)), med(overhead("haproxy", "p50", 1))
+        reuse = 1 - sum(r["new_conns"] for r in R[("sweeplb", 64)]) / sum(r["requests"] for r in R[("sweeplb", 64)])
+        rss64 = p1["hwm64"]["sweeplb"] / p1["hwm64"]["haproxy"]
+        rss1k = p1["hwm1000"]["sweeplb"] / p1["hwm1000"]["haproxy"]
+        targets += [
+            ("throughput c=64 ≥ 1.0× HAProxy", f"{t_rps:.2f}×", t_rps >= 1.0),
+            ("proxy CPU/request ≤ 1.0× HAProxy", f"{t_cpu:.2f}×", t_cpu <= 1.0),
+            ("p99 overhead over direct c=64 ≤ HAProxy's", f"{p99_s:+.3f} ms vs {p99_h:+.3f} ms", p99_s <= p99_h),
+            ("p50 overhead over direct c=1 ≤ HAProxy's", f"{p50_s:+.3f} ms vs {p50_h:+.3f} ms", p50_s <= p50_h),
+            ("upstream reuse ≥ 99.9% of requests", f"{reuse * 100:.3f}%", reuse >= 0.999),
+            ("peak RSS c=64 ≤ 2× HAProxy", f"{rss64:.2f}×", rss64 <= 2),
+            ("peak RSS c=1000 ≤ 2× HAProxy", f"{rss1k:.2f}×", rss1k <= 2),
+        ]
+    if p2:
+        w("## Sweep: sweeplb's sweep against `nmap -sT -p PORT -n -Pn --max-retries 0`, same range and port")
+        w("")
+        w("Four live backends (one nginx listening on four addresses) in each range; each row pairs one "
+          "sweeplb round (`/_lb/health` `last_sweep.duration_ms`, a round that ran whole, sweeplb "
+          "stopped while nmap runs) with one nmap run (wall time of the command).")
+        w("")
+        w("| range | sweeplb params | sweeplb sweep | nmap | ratio (median of pairs) | sweeplb CPU / round | found (sweeplb / nmap / live) |")
+        w("|---|---|---:|---:|---:|---:|---|")
+        for label, d in p2.items():
+            rows = d["rows"]
+            ratio = med([r["sweep_s"] / r["nmap_s"] for r in rows])
+            w(f"| {d['net']} | {d['params']} | {med([r['sweep_s'] for r in rows]) * 1e3:.0f} ms | "
+              f"{med([r['nmap_s'] for r in rows]) * 1e3:.0f} ms | {ratio:.2f}× | "
+              f"{med([r['cpu_s'] for r in rows]):.2f} s | {rows[-1]['found']} / {len(rows[-1]['nmap_found'])} / "
+              f"{len(SWEEP_RANGES[label][1])} |")
+            goal = 0.5 if label == "/20" else 0.6
+            targets.append((f"sweep of a loopback {label} ≤ {goal}× nmap", f"{ratio:.2f}×", ratio <= goal))
+        w("")
+        w("sweeplb paces a round over half its sweep_interval, so a round cannot take less than that: "
+          "the floor for the /20 is " + SWEEP_PARAMS["/20"].split("sweep_interval: ")[1].split("\n")[0] +
+          "/2, for the /16 " + SWEEP_PARAMS["/16"].split("sweep_interval: ")[1].split("\n")[0] + "/2. "
+          "Every live backend was found by both, and nothing else.")
+        w("")
+    if p3:
+        w("## Reaction: a backend SIGKILLed, and a new one started, with defaults")
+        w("")
+        w("Three `sweeplb webapp` backends; sweeplb with its defaults (check_interval 1s, sweep_interval 2s, "
+          "rise 2, fall 2, timeout 500ms) sweeping " + REACT_RANGE + "; HAProxy with `check` defaults "
+          "(inter 2s, fall 3, rise 2; no `option redispatch`, no `observe`), the new backend listed in "
+          "advance since HAProxy cannot discover it. A client loop sends GET / over keep-alive at ~200/s "
+          "(no cookie, so sweeplb spreads it like round robin). \"Out of routing\": until `/_lb/health` "
+          "shows the backend unrouted or gone, or HAProxy's `show stat` shows it DOWN.")
+        w("")
+        w("| proxy | out of routing, with traffic | out of routing, no traffic | failed GETs around the kill | new backend serving after |")
+        w("|---|---:|---:|---:|---:|")
+        for n, rows in p3.items():
+            w(f"| {n} | {med([r['out_s'] for r in rows]) * 1e3:.0f} ms | {fmt(med([r['out_idle_s'] for r in rows]) * 1e3, '.0f')} ms | "
+              f"{sum(r['fails_kill'] for r in rows)} of {sum(r['requests'] for r in rows)} "
+              f"({', '.join(sorted({str(k) for r in rows for k in r['statuses']})) or 'none'}) | "
+              f"{med([r['join_s'] for r in rows]) * 1e3:.0f} ms |")
+        w("")
+        w(f"Medians of {len(p3['sweeplb'])} run(s); failed GETs summed over them.")
+        w("")
+        s, h = p3["sweeplb"], p3["haproxy"]
+        out_r = med([r["out_s"] for r in s]) / med([r["out_s"] for r in h])
+        idle_r = med([r["out_idle_s"] for r in s]) / med([r["out_idle_s"] for r in h])
+        idle_ok = idle_r <= 0.5 if idle_r == idle_r else None
+        fails = sum(r["fails_kill"] for r in s)
+        join = med([r["join_s"] for r in s])
+        targets += [
+            ("dead backend out of routing ≤ 0.5× HAProxy (with traffic)", f"{out_r:.2f}×", out_r <= 0.5),
+            ("… and with no traffic (checks only)", f"{fmt(idle_r, '.2f')}×", idle_ok),
+            ("zero failed client GETs around the kill", f"{fails}", fails == 0),
+            ("new backend taking traffic ≤ sweep_interval + 1 s = 3 s", f"{join:.2f} s", join <= 3.0),
+        ]
+    w("## Hashing: `cargo bench --bench ring`")
+    w("")
+    if ring_text is None:
+        w("Skipped in this run (`--quick` or `--no-ring`).")
+    elif ring_text.strip():
+        w("```")
+        w(ring_text.rstrip())
+        w("```")
+    else:
+        w("benches/ring.rs printed nothing.")
+    w("")
+    if targets:
+        w("## Targets")
+        w("")
+        w("| target | measured | met |")
+        w("|---|---:|---|")
+        for name, val, ok in targets:
+            w(f"| {name} | {val} | {'not measured' if ok is None else 'yes' if ok else '**no**'} |")
+        w("")
+    return "\n".join(L)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--command", default="bench/run.sh")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--ring")
+    ap.add_argument("--parts", default="proxy,sweep,react")
+    args = ap.parse_args()
+    procs = Procs(args.work)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parts = args.parts.split(",")
+    p1 = p2 = p3 = None
+    t0 = time.monotonic()
+    try:
+        if "proxy" in parts:
+            p1 = proxy_part(procs, args.work, args.quick)
+            for p in p1.pop("stop"):
+                procs.stop(p)
+            log(f"proxy part done at {time.monotonic() - t0:.0f}s")
+        if "sweep" in parts:
+            p2 = sweep_part(procs, args.work, args.quick)
+            log(f"sweep part done at {time.monotonic() - t0:.0f}s")
+        if "react" in parts:
+            p3 = react_part(procs, args.work, args.quick)
+            log(f"reaction part done at {time.monotonic() - t0:.0f}s")
+    finally:
+        procs.stop_all()
+    ring_text = None
+    if args.ring:
+        with open(args.ring) as f:
+            ring_text = f.read()
+    text = report(args, p1, p2, p3, ring_text)
+    with open(os.path.join(ROOT, args.out), "w") as f:
+        f.write(text + "\n")
+    print(text)
+    log(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
