@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Balancer, Net, custom, text, users, webapp, webapp_named};
+use crate::support::{Balancer, Net, custom, lab, text, users, webapp, webapp_named, webapps};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_every_backend_and_nothing_else() {
     let net = Net::new(1);
-    let backends: Vec<_> = [10, 11, 12].map(|i| webapp(net.addr(i))).into();
+    let backends = webapps(&net, &[10, 11, 12]);
     // Something on another port of the same range is not a backend.
     let _other = custom(
         std::net::SocketAddr::new(net.ip(13), net.port + 1),
@@ -65,10 +65,7 @@ async fn a_new_backend_takes_traffic_within_one_sweep_and_rise_checks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_backend_leaves_and_no_client_request_fails() {
     let net = Net::new(3);
-    let backends: Vec<_> = [10, 11, 12].map(|i| webapp(net.addr(i))).into();
-    let lb = Balancer::start(&net.config("", "")).await;
-    let all: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    lb.wait_healthy(&all, Duration::from_secs(5)).await;
+    let (backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
     let crowd = users(&lb, 30).await;
     let before: Vec<_> = crate::support::round(&crowd)

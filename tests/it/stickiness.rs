@@ -4,18 +4,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::{Balancer, Net, client, round, users, webapp};
+use crate::support::{Balancer, Net, addrs, client, lab, round, users, webapp, webapps};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_user_keeps_its_backend_and_users_spread() {
     let net = Net::new(20);
-    let backends: Vec<_> = [10, 11, 12].map(|i| webapp(net.addr(i))).into();
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(
-        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (_backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
     let crowd = users(&lb, 50).await;
     let first: Vec<_> = round(&crowd)
@@ -46,13 +40,7 @@ async fn each_user_keeps_its_backend_and_users_spread() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_moves_only_users_that_now_hash_to_the_new_backend() {
     let net = Net::new(21);
-    let mut backends: Vec<_> = [10, 11, 12].map(|i| webapp(net.addr(i))).into();
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(
-        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (mut backends, lb) = lab(&net, &[10, 11, 12], "").await;
     let crowd = users(&lb, 60).await;
     let before: Vec<_> = round(&crowd)
         .await
@@ -61,11 +49,8 @@ async fn a_join_moves_only_users_that_now_hash_to_the_new_backend() {
         .collect();
 
     backends.push(webapp(net.addr(13)));
-    lb.wait_healthy(
-        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    )
-    .await;
+    lb.wait_healthy(&addrs(&backends), Duration::from_secs(5))
+        .await;
     let after: Vec<_> = round(&crowd)
         .await
         .into_iter()
@@ -92,13 +77,7 @@ async fn a_join_moves_only_users_that_now_hash_to_the_new_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cookie_is_set_on_the_first_response_and_honoured_after() {
     let net = Net::new(22);
-    let backends: Vec<_> = [10, 11, 12].map(|i| webapp(net.addr(i))).into();
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(
-        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    )
-    .await;
+    let (_backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
     let resp = client().get(lb.url("/")).send().await.unwrap();
     let first = resp.headers()["x-backend-ip"].to_str().unwrap().to_string();
@@ -136,8 +115,8 @@ async fn the_cookie_is_set_on_the_first_response_and_honoured_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_and_client_ip_keys_route_consistently() {
     let net = Net::new(23);
-    let backends: Vec<_> = [10, 11, 12, 13].map(|i| webapp(net.addr(i))).into();
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let backends = webapps(&net, &[10, 11, 12, 13]);
+    let addrs = addrs(&backends);
 
     let lb = Balancer::start(&net.config("", "balance:\n  key: header:X-User\n")).await;
     lb.wait_healthy(&addrs, Duration::from_secs(5)).await;
@@ -194,8 +173,8 @@ async fn header_and_client_ip_keys_route_consistently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_balancers_route_a_cookie_to_the_same_backend() {
     let net = Net::new(24);
-    let backends: Vec<_> = [10, 11, 12, 13, 14].map(|i| webapp(net.addr(i))).into();
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let backends = webapps(&net, &[10, 11, 12, 13, 14]);
+    let addrs = addrs(&backends);
     let a = Balancer::start(&net.config("", "")).await;
     let b = Balancer::start(&net.config("", "")).await;
     a.wait_healthy(&addrs, Duration::from_secs(5)).await;

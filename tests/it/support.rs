@@ -101,6 +101,24 @@ pub fn webapp_named(addr: SocketAddr, app: &str) -> Backend {
     })
 }
 
+/// Webapps on `net` at each of `lasts` (the last octet).
+pub fn webapps(net: &Net, lasts: &[u8]) -> Vec<Backend> {
+    lasts.iter().map(|&i| webapp(net.addr(i))).collect()
+}
+
+pub fn addrs(backends: &[Backend]) -> Vec<SocketAddr> {
+    backends.iter().map(|b| b.addr).collect()
+}
+
+/// Webapps at `lasts` and a balancer (config `net.config("", rest)`) that has found them all.
+pub async fn lab(net: &Net, lasts: &[u8], rest: &str) -> (Vec<Backend>, Balancer) {
+    let backends = webapps(net, lasts);
+    let lb = Balancer::start(&net.config("", rest)).await;
+    lb.wait_healthy(&addrs(&backends), Duration::from_secs(5))
+        .await;
+    (backends, lb)
+}
+
 /// A backend answering every request with `handler` (plus an `x-backend-ip` header, as the
 /// webapp sends); connections die with it.
 pub fn custom<F, Fut>(addr: SocketAddr, handler: F) -> Backend
