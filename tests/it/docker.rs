@@ -1,1 +1,1170 @@
-//! End-to-end tests on the real Docker engine (issue 3). Placeholder until written.
+//! End-to-end tests on the real Docker engine (issue 3): `docker/build.sh`, the compose lab
+//! (`docker/compose.yaml`) and the swarm stack (`docker/stack.yaml`), driven the way a user
+//! drives them, through `docker`, `docker-compose` and HTTP from the host.
+//!
+//! Traffic goes only to 127.0.0.1 and to containers these tests start, on networks they (or
+//! the swarm they initialise) create. Every container, network, image tag and swarm they create
+//! is removed by a drop guard, pass or fail. Without an engine they skip loudly, except under
+//! `CI=true`, where they fail. They are slow (the static release build) and take the whole
+//! machine: `.config/nextest.toml` runs them with nothing else beside them.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::net::IpAddr;
+use std::panic::AssertUnwindSafe;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::FutureExt as _;
+use serde_json::Value;
+
+/// The prober settings of docker/config.yaml and docker/stack-config.yaml; the issue's bounds
+/// are stated in them.
+const CHECK_INTERVAL: Duration = Duration::from_secs(1);
+const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+const RISE: u32 = 2;
+const FALL: u32 = 2;
+
+/// A new container is healthy and takes traffic within sweep_interval + rise × check_interval + 1s.
+const JOIN_BOUND: Duration = SWEEP_INTERVAL
+    .saturating_add(CHECK_INTERVAL.saturating_mul(RISE))
+    .saturating_add(Duration::from_secs(1));
+/// A dead container leaves `/_lb/health` within fall × check_interval + 1s.
+const LEAVE_BOUND: Duration = CHECK_INTERVAL
+    .saturating_mul(FALL)
+    .saturating_add(Duration::from_secs(1));
+/// "Within a few seconds" of `up`: the join bound, plus the balancer's own start.
+const FEW_SECONDS: Duration = Duration::from_secs(10);
+
+/// The compose lab's network, as declared in docker/compose.yaml.
+const LAB_SUBNET: &str = "192.168.42.0/24";
+const LAB_GATEWAY: &str = "192.168.42.1";
+const STACK_SUBNET: &str = "10.42.42.0/24";
+
+const CLIENTS: usize = 50;
+/// A hard cap on load rounds per phase, whatever happens to the phase's own deadline.
+const MAX_ROUNDS: usize = 1000;
+
+/// One test, so the images are built once per run and both scenarios test the same binary
+/// (a second `build.sh` would rebuild if the sources changed in between). Each scenario's
+/// failure is caught, so the other still runs and reports; the test fails if either did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_lab_and_swarm_stack() {
+    if !engine_available("the Docker tests", &[]) {
+        return;
+    }
+    let started = Instant::now();
+    let mut cleanup = Cleanup::default();
+    let tag = format!("e2e-{}", std::process::id());
+    let build = build_images(&mut cleanup, &tag);
+    eprintln!("[docker] build.sh took {build:.1?}");
+    let compose = AssertUnwindSafe(compose_lab(&tag)).catch_unwind().await;
+    let swarm = AssertUnwindSafe(swarm_stack(&tag)).catch_unwind().await;
+    drop(cleanup);
+    eprintln!(
+        "[docker] build and both scenarios took {:.1?}",
+        started.elapsed()
+    );
+    for (scenario, result) in [("compose lab", compose), ("swarm stack", swarm)] {
+        if let Err(panic) = result {
+            eprintln!("[docker] the {scenario} scenario failed (its panic is above)");
+            std::panic::resume_unwind(panic);
+        }
+    }
+}
+
+/// Issue 3, points 1-6: discovery of exactly the webapps, stickiness and spread, scale-up,
+/// a kill under load, impostors, a balancer restart.
+async fn compose_lab(tag: &str) {
+    if !engine_available("the compose lab scenario", &["docker-compose"]) {
+        return;
+    }
+    let started = Instant::now();
+    let mut cleanup = Cleanup::default();
+
+    let port = free_port();
+    let lab = Compose {
+        project: format!("sweeplb-e2e-{}", std::process::id()),
+        tag: tag.to_string(),
+        publish: format!("127.0.0.1:{port}"),
+    };
+    cleanup.push("docker-compose down", {
+        let mut down = lab.command(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
+        let mut logs = lab.command(&["logs", "--no-color", "--tail", "40", "balancer"]);
+        move || {
+            if std::thread::panicking() {
+                if let Ok(o) = logs.output() {
+                    eprintln!(
+                        "--- balancer logs ---\n{}",
+                        String::from_utf8_lossy(&o.stdout)
+                    );
+                }
+            }
+            quiet(&mut down);
+        }
+    });
+    run(&mut lab.command(&["up", "--detach", "--scale", "webapp=3"]));
+    let up_at = Instant::now();
+    let network = format!("{}_lab", lab.project);
+    let net = inspect(&["network", "inspect", &network]);
+    assert_eq!(
+        net["IPAM"]["Config"][0]["Subnet"], LAB_SUBNET,
+        "the stack's network has the subnet docker/config.yaml sweeps"
+    );
+
+    // The config passes the balancer's own safety check on the stack's network.
+    let check = run(Command::new("docker").args([
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        &network,
+        &format!("sweeplb:{tag}"),
+        "check",
+    ]));
+    assert!(
+        check.contains(&format!("sweep           {LAB_SUBNET}")),
+        "{check}"
+    );
+
+    let balancer = lab.container("balancer");
+    let mut forbidden = BTreeMap::new();
+    forbidden.insert(ip(LAB_GATEWAY), "the gateway (the Docker host)".to_string());
+    forbidden.insert(
+        container_ip(&balancer, &network),
+        "the balancer itself".to_string(),
+    );
+
+    // Not webapps, on the same network: one answers /health as another app, one listens on
+    // another port. Both do answer, so that they are kept out is the config's doing.
+    let webapp_image = format!("sweeplb-webapp:{tag}");
+    let impostors_since = Instant::now();
+    for (name, args) in [
+        (
+            "impostor",
+            ["--listen", "0.0.0.0:3000", "--app", "impostor"],
+        ),
+        (
+            "other-port",
+            ["--listen", "0.0.0.0:3001", "--app", "sweeplb-webapp"],
+        ),
+    ] {
+        let name = format!("{}-{name}", lab.project);
+        cleanup.push("docker rm impostor", {
+            let mut rm = docker(&["rm", "--force", &name]);
+            move || quiet(&mut rm)
+        });
+        let mut cmd = docker(&[
+            "run",
+            "--detach",
+            "--pull",
+            "never",
+            "--name",
+            &name,
+            "--network",
+            &network,
+        ]);
+        run(cmd.arg(&webapp_image).args(args));
+        let addr = container_ip(&name, &network);
+        let port = if name.ends_with("other-port") {
+            3001
+        } else {
+            3000
+        };
+        let body = eventually(Duration::from_secs(5), move || async move {
+            let r = plain_client()
+                .get(format!("http://{addr}:{port}/health"))
+                .send()
+                .await
+                .ok()?;
+            r.text().await.ok()
+        })
+        .await;
+        assert!(
+            body.contains(r#""status":"ok""#),
+            "{name} answers /health on :{port}: {body}"
+        );
+        forbidden.insert(addr, format!("{name}, which answers {body} on :{port}"));
+    }
+    let mut lb = Lab::new(port, forbidden);
+    let base = lb.base.clone();
+
+    // 1. Exactly the three webapps, nothing else on the network.
+    let webapps = lab.webapp_ips(&network);
+    assert_eq!(webapps.len(), 3, "{webapps:?}");
+    let (health, _) = lb
+        .wait(FEW_SECONDS, "the 3 webapps healthy", |h| {
+            h.healthy == webapps
+        })
+        .await;
+    assert_eq!(health.listed, webapps, "/_lb/health lists only the webapps");
+    let discovered = up_at.elapsed();
+
+    // 2. Fifty users, each with its own cookie jar: sticky, and spread over all three.
+    let mut sims: Vec<Sim> = (0..CLIENTS).map(Sim::new).collect();
+    for _ in 0..5 {
+        round(&mut sims, &base, "steady").await;
+    }
+    assert_clean(&sims, "steady");
+    assert!(
+        sims.iter().all(|s| s.views == 5),
+        "every user counted 1..5 without a reset"
+    );
+    let initial = spread(&sims);
+    assert_eq!(
+        initial.keys().copied().collect::<BTreeSet<_>>(),
+        webapps,
+        "users spread over all 3: {initial:?}"
+    );
+
+    // 3. Scale to five: the new ones join and take traffic within the join bound.
+    let old = webapps.clone();
+    let (joins, _) = while_loading(&mut sims, &base, "scale-up", async {
+        run_async(lab.command(&["up", "--detach", "--no-recreate", "--scale", "webapp=5"])).await;
+        let now = lab.webapp_ips(&network);
+        let new: BTreeSet<IpAddr> = now.difference(&old).copied().collect();
+        assert_eq!(new.len(), 2, "two new webapps: {now:?}");
+        let started: BTreeMap<IpAddr, SystemTime> = lab
+            .webapps()
+            .iter()
+            .map(|id| (container_ip(id, &network), started_at(id)))
+            .filter(|(a, _)| new.contains(a))
+            .collect();
+        let (_, healthy_at) = lb
+            .wait(JOIN_BOUND * 3, "the new webapps healthy", |h| {
+                h.healthy == now
+            })
+            .await;
+        let (_, serving_at) = lb
+            .wait(JOIN_BOUND * 3, "the new webapps serving", |h| {
+                new.iter().all(|a| h.requests(a) > 0)
+            })
+            .await;
+        let since_start = |at: SystemTime| {
+            started
+                .values()
+                .map(|s| at.duration_since(*s).unwrap_or_default())
+                .max()
+                .unwrap_or_default()
+        };
+        (new, since_start(healthy_at), since_start(serving_at))
+    })
+    .await;
+    let (new, joined, serving) = joins;
+    assert_clean(&sims, "scale-up");
+    for s in &sims {
+        for m in s.moves.iter().filter(|m| m.phase == "scale-up") {
+            assert!(
+                new.contains(&m.to),
+                "user {} moved {} -> {}, not to a new webapp",
+                s.id,
+                m.from,
+                m.to
+            );
+        }
+    }
+    let moved_on_scale = sims
+        .iter()
+        .filter(|s| s.moves.iter().any(|m| m.phase == "scale-up"))
+        .count();
+    assert!(
+        joined <= JOIN_BOUND,
+        "new webapps healthy {joined:?} after start; bound {JOIN_BOUND:?}"
+    );
+    assert!(
+        serving <= JOIN_BOUND,
+        "new webapps served {serving:?} after start; bound {JOIN_BOUND:?}"
+    );
+
+    // 4. Kill the busiest webapp while the users keep going.
+    let on: BTreeMap<IpAddr, usize> = spread(&sims);
+    let victim = *on
+        .iter()
+        .max_by_key(|(_, n)| **n)
+        .expect("users are on some backend")
+        .0;
+    let victim_id = lab
+        .webapps()
+        .into_iter()
+        .find(|id| container_ip(id, &network) == victim)
+        .expect("the victim is a running webapp");
+    let victims: BTreeSet<usize> = sims
+        .iter()
+        .filter(|s| s.backend == Some(victim))
+        .map(|s| s.id)
+        .collect();
+    let rounds = AtomicUsize::new(0);
+    let (left, _) = while_loading_counted(&mut sims, &base, "kill", &rounds, async {
+        run_async(docker(&["kill", &victim_id])).await;
+        let died = finished_at(&victim_id);
+        let (_, gone_at) = lb
+            .wait(LEAVE_BOUND * 3, "the killed webapp gone", |h| {
+                !h.listed.contains(&victim)
+            })
+            .await;
+        // Let every user make a few more requests against the pool without it.
+        let rounds = &rounds;
+        let after = rounds.load(Ordering::SeqCst);
+        eventually(Duration::from_secs(30), move || async move {
+            (rounds.load(Ordering::SeqCst) >= after + 3).then_some(())
+        })
+        .await;
+        gone_at.duration_since(died).unwrap_or_default()
+    })
+    .await;
+    let failures: Vec<String> = sims.iter().flat_map(|s| s.failures.clone()).collect();
+    let slowest = sims.iter().map(|s| s.slowest).max().unwrap_or_default();
+    assert!(
+        failures.is_empty(),
+        "{} requests failed during the kill: {failures:#?}",
+        failures.len()
+    );
+    assert_clean(&sims, "kill");
+    for s in &sims {
+        let moves: Vec<&Move> = s.moves.iter().filter(|m| m.phase == "kill").collect();
+        if victims.contains(&s.id) {
+            assert_eq!(
+                moves.len(),
+                1,
+                "user {} on the killed webapp moved once: {moves:?}",
+                s.id
+            );
+            assert_eq!(moves[0].from, victim);
+        } else {
+            assert!(
+                moves.is_empty(),
+                "user {} was not on the killed webapp but moved: {moves:?}",
+                s.id
+            );
+        }
+    }
+    assert!(
+        left <= LEAVE_BOUND,
+        "the killed webapp left {left:?} after it died; bound {LEAVE_BOUND:?}"
+    );
+
+    // 6. Restart the balancer: with the same healthy set, everyone lands where they were.
+    let live = lab.webapp_ips(&network);
+    let before: Vec<Option<IpAddr>> = sims.iter().map(|s| s.backend).collect();
+    let restart = Instant::now();
+    run(&mut docker(&["restart", "-t", "15", &balancer]));
+    let restart = restart.elapsed();
+    lb.forbid(
+        container_ip(&balancer, &network),
+        "the balancer itself, restarted",
+    );
+    lb.wait(
+        FEW_SECONDS,
+        "the 4 webapps healthy after the restart",
+        |h| h.healthy == live,
+    )
+    .await;
+    for s in &mut sims {
+        // The old keep-alive connections died with the balancer; the cookies survive.
+        s.reconnect();
+    }
+    round(&mut sims, &base, "restarted").await;
+    assert_clean(&sims, "restarted");
+    let after: Vec<Option<IpAddr>> = sims.iter().map(|s| s.backend).collect();
+    assert_eq!(
+        before, after,
+        "every user is routed to the same webapp after the restart"
+    );
+    let logs = logs(&balancer);
+    assert!(
+        logs.contains("shutting down"),
+        "the balancer shut down gracefully on SIGTERM:\n{logs}"
+    );
+
+    // 5. The impostors, up all along, never appeared (every poll above checked it too).
+    let watched = impostors_since.elapsed();
+    assert!(
+        watched > SWEEP_INTERVAL * 3 + CHECK_INTERVAL * RISE,
+        "watched long enough: {watched:?}"
+    );
+    lb.health().await.expect("the balancer answers");
+
+    drop(cleanup);
+    eprintln!(
+        "[docker] compose lab: 3 webapps healthy {discovered:.1?} after up; \
+         spread {initial:?}; scale 3->5: healthy {joined:.1?}, serving {serving:.1?} after start \
+         (bound {JOIN_BOUND:?}), {moved_on_scale}/{CLIENTS} users moved to the new ones; kill of {victim} \
+         ({} users on it): left /_lb/health {left:.1?} after it died (bound {LEAVE_BOUND:?}), \
+         {} failed requests, slowest request {slowest:.1?}; impostors watched {watched:.1?}, never \
+         listed; balancer restart {restart:.1?}, all {CLIENTS} users kept their webapp; {} health \
+         polls; total {:.1?}",
+        victims.len(),
+        failures.len(),
+        lb.polls,
+        started.elapsed()
+    );
+}
+
+/// Issue 3, point 7: two balancer replicas on a single-node swarm route the same cookie to the
+/// same webapp, sharing nothing.
+async fn swarm_stack(tag: &str) {
+    let state = run(&mut docker(&[
+        "info",
+        "--format",
+        "{{.Swarm.LocalNodeState}}",
+    ]));
+    if state != "inactive" {
+        eprintln!(
+            "\n!!! SKIPPED the swarm scenario: this engine is already in a swarm ({state}); the test \
+             only runs on a swarm it creates and leaves.\n"
+        );
+        return;
+    }
+    let started = Instant::now();
+    let mut cleanup = Cleanup::default();
+    let had_gwbridge = docker(&["network", "inspect", "docker_gwbridge"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    cleanup.push("docker swarm leave", {
+        let mut leave = docker(&["swarm", "leave", "--force"]);
+        let mut rm = docker(&["network", "rm", "docker_gwbridge"]);
+        move || {
+            quiet(&mut leave);
+            if !had_gwbridge {
+                quiet(&mut rm);
+            }
+        }
+    });
+    run(&mut docker(&[
+        "swarm",
+        "init",
+        "--advertise-addr",
+        "127.0.0.1",
+    ]));
+
+    let stack = format!("sweeplb-e2e-{}", std::process::id());
+    let port = free_port();
+    cleanup.push("docker stack rm", {
+        let stack = stack.clone();
+        move || {
+            quiet(&mut docker(&["stack", "rm", &stack]));
+            // Task containers go away asynchronously; wait, then force what is left.
+            let label = format!("label=com.docker.stack.namespace={stack}");
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let left = output(&mut docker(&["ps", "--all", "--quiet", "--filter", &label]));
+                if left.is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(250));
+            }
+            let left = output(&mut docker(&["ps", "--all", "--quiet", "--filter", &label]));
+            for id in left.split_whitespace() {
+                quiet(&mut docker(&["rm", "--force", id]));
+            }
+        }
+    });
+    run(docker(&[
+        "stack",
+        "deploy",
+        "--resolve-image",
+        "never",
+        "--compose-file",
+    ])
+    .arg(repo().join("docker/stack.yaml"))
+    .arg(&stack)
+    .env("SWEEPLB_TAG", tag)
+    .env("SWEEPLB_PORT", port.to_string()));
+
+    let service = |name: &str| format!("label=com.docker.swarm.service.name={stack}_{name}");
+    let running = |name: &str| -> Vec<String> {
+        output(&mut docker(&["ps", "--quiet", "--filter", &service(name)]))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
+    };
+    let (balancers, webapps) = eventually(Duration::from_secs(60), || {
+        let (b, w) = (running("balancer"), running("webapp"));
+        std::future::ready((b.len() == 2 && w.len() == 3).then_some((b, w)))
+    })
+    .await;
+    let network = format!("{stack}_lab");
+    let net = inspect(&["network", "inspect", &network]);
+    assert_eq!(net["IPAM"]["Config"][0]["Subnet"], STACK_SUBNET);
+    let webapp_ips: BTreeSet<IpAddr> = webapps
+        .iter()
+        .map(|id| container_ip(id, &network))
+        .collect();
+
+    // Overlay addresses are not reachable from the host; each task's docker_gwbridge address
+    // (the bridge the swarm created for this node) is, so each replica can be asked directly.
+    let gwbridge = inspect(&["network", "inspect", "docker_gwbridge"]);
+    let replicas: Vec<Lab> = balancers
+        .iter()
+        .map(|id| {
+            let full = inspect(&["container", "inspect", id])["Id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let addr = gwbridge["Containers"][&full]["IPv4Address"]
+                .as_str()
+                .and_then(|a| a.split('/').next())
+                .unwrap_or_else(|| panic!("balancer task {id} is on docker_gwbridge: {gwbridge}"));
+            let mut forbidden = BTreeMap::new();
+            for b in &balancers {
+                forbidden.insert(container_ip(b, &network), "a balancer replica".to_string());
+            }
+            Lab::at(format!("http://{addr}:8080"), forbidden)
+        })
+        .collect();
+    let mut replicas = replicas;
+    for r in &mut replicas {
+        let (h, _) = r
+            .wait(
+                FEW_SECONDS * 2,
+                "the 3 webapps healthy on this replica",
+                |h| h.healthy == webapp_ips,
+            )
+            .await;
+        assert_eq!(
+            h.listed, webapp_ips,
+            "{}: /_lb/health lists only the webapps",
+            r.base
+        );
+    }
+
+    // The same cookie, through either replica, to the same webapp.
+    let http = plain_client();
+    let mut routes: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
+    for user in 0..40 {
+        let cookie = format!("sweeplb=e2e-user-{user}");
+        for r in &replicas {
+            for _ in 0..2 {
+                let (ip, _) = visit_with(&http, &r.base, Some(&cookie))
+                    .await
+                    .expect("the replica answers");
+                routes.entry(cookie.clone()).or_default().insert(ip);
+            }
+        }
+    }
+    let split: Vec<_> = routes.iter().filter(|(_, ips)| ips.len() != 1).collect();
+    assert!(
+        split.is_empty(),
+        "cookies routed differently by the two replicas: {split:?}"
+    );
+    let used: BTreeSet<IpAddr> = routes.values().flatten().copied().collect();
+    assert_eq!(used, webapp_ips, "the users spread over all webapps");
+
+    // The routing mesh (the published port) needs IPVS in the kernel, which some hosts lack.
+    let mesh = match visit_with(
+        &http,
+        &format!("http://127.0.0.1:{port}"),
+        Some("sweeplb=e2e-user-0"),
+    )
+    .await
+    {
+        Ok((ip, _)) => {
+            assert!(
+                routes["sweeplb=e2e-user-0"].contains(&ip),
+                "the published port routes the same way"
+            );
+            "the published port routes the same way".to_string()
+        }
+        Err(e) if !Path::new("/proc/sys/net/ipv4/vs").exists() => {
+            eprintln!(
+                "\n!!! NOTE: the swarm routing mesh on 127.0.0.1:{port} does not answer ({e}); this \
+                 kernel has no IPVS (/proc/sys/net/ipv4/vs is missing). Each replica was checked \
+                 directly instead.\n"
+            );
+            format!("routing mesh unavailable (no IPVS): {e}")
+        }
+        Err(e) => panic!("the published port {port} does not answer: {e}"),
+    };
+
+    drop(cleanup);
+    eprintln!(
+        "[docker] swarm: 2 balancer replicas agreed on {} cookies over {} \
+         webapps; {mesh}; total {:.1?}",
+        routes.len(),
+        used.len(),
+        started.elapsed()
+    );
+}
+
+// ---- the engine, commands and cleanup ----
+
+/// Whether the tests can run; under `CI=true` a missing engine is a failure, not a skip.
+fn engine_available(test: &str, also: &[&str]) -> bool {
+    let problem = match Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+    {
+        Err(e) => Some(format!("cannot run `docker`: {e}")),
+        Ok(o) if !o.status.success() => Some(format!(
+            "no Docker engine answers `docker version`: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        )),
+        Ok(_) => also
+            .iter()
+            .find_map(|tool| match Command::new(tool).arg("version").output() {
+                Ok(o) if o.status.success() => None,
+                Ok(o) => Some(format!(
+                    "`{tool} version` failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                )),
+                Err(e) => Some(format!("cannot run `{tool}`: {e}")),
+            }),
+    };
+    let Some(problem) = problem else { return true };
+    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+        panic!("CI is set and {test} cannot run: {problem}");
+    }
+    eprintln!("\n!!! SKIPPED {test}: {problem}. (With CI=true this is a failure.)\n");
+    false
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn docker(args: &[&str]) -> Command {
+    let mut c = Command::new("docker");
+    c.args(args);
+    c
+}
+
+/// Runs a command that must succeed; its stdout, trimmed.
+fn run(cmd: &mut Command) -> String {
+    let o = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        o.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+/// A container's log, both streams (sweeplb logs to stderr).
+fn logs(id: &str) -> String {
+    let o = docker(&["logs", id])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker logs: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Without blocking the runtime, so the simulated users keep going meanwhile.
+async fn run_async(mut cmd: Command) -> String {
+    tokio::task::spawn_blocking(move || run(&mut cmd))
+        .await
+        .expect("the command thread")
+}
+
+/// Stdout of a command whose failure is not the test's business (cleanup, polling).
+fn output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
+
+fn quiet(cmd: &mut Command) {
+    match cmd.output() {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => eprintln!(
+            "cleanup: {cmd:?}: {}",
+            String::from_utf8_lossy(&o.stderr).trim()
+        ),
+        Err(e) => eprintln!("cleanup: {cmd:?}: {e}"),
+    }
+}
+
+fn inspect(args: &[&str]) -> Value {
+    let text = run(&mut docker(args));
+    let v: Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("docker {args:?}: {e}: {text}"));
+    v[0].clone()
+}
+
+fn container_ip(id: &str, network: &str) -> IpAddr {
+    let v = inspect(&["container", "inspect", id]);
+    let text = v["NetworkSettings"]["Networks"][network]["IPAddress"]
+        .as_str()
+        .unwrap_or_default();
+    text.parse()
+        .unwrap_or_else(|_| panic!("container {id} has an address on {network}: {text:?}"))
+}
+
+fn docker_time(id: &str, field: &str) -> SystemTime {
+    let v = inspect(&["container", "inspect", id]);
+    let text = v["State"][field].as_str().unwrap_or_default();
+    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{id} State.{field} {text:?}: {e}"))
+}
+
+fn started_at(id: &str) -> SystemTime {
+    docker_time(id, "StartedAt")
+}
+
+fn finished_at(id: &str) -> SystemTime {
+    docker_time(id, "FinishedAt")
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("a literal address")
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+type Step = Box<dyn FnOnce()>;
+
+/// Undo steps, run in reverse order on drop, pass or fail.
+#[derive(Default)]
+struct Cleanup {
+    steps: Vec<(&'static str, Step)>,
+}
+
+impl Cleanup {
+    fn push(&mut self, what: &'static str, step: impl FnOnce() + 'static) {
+        self.steps.push((what, Box::new(step)));
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        while let Some((what, step)) = self.steps.pop() {
+            let t = Instant::now();
+            step();
+            eprintln!("cleanup: {what} ({:.1?})", t.elapsed());
+        }
+    }
+}
+
+/// docker/build.sh with a tag of this run's own, removed afterwards.
+fn build_images(cleanup: &mut Cleanup, tag: &str) -> Duration {
+    let images = [format!("sweeplb:{tag}"), format!("sweeplb-webapp:{tag}")];
+    cleanup.push("docker rmi", move || {
+        // A container still using an image (a swarm task not yet reaped) would turn `rmi` into
+        // a mere untag and leave the image behind, dangling. The tag is this run's own, so any
+        // container from it is too.
+        for image in &images {
+            let users = output(&mut docker(&[
+                "ps",
+                "--all",
+                "--quiet",
+                "--filter",
+                &format!("ancestor={image}"),
+            ]));
+            for id in users.split_whitespace() {
+                quiet(&mut docker(&["rm", "--force", id]));
+            }
+        }
+        quiet(&mut docker(&["rmi", &images[0], &images[1]]));
+    });
+    let t = Instant::now();
+    run(Command::new(repo().join("docker/build.sh")).env("SWEEPLB_TAG", tag));
+    t.elapsed()
+}
+
+struct Compose {
+    project: String,
+    tag: String,
+    publish: String,
+}
+
+impl Compose {
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("--file")
+            .arg(repo().join("docker/compose.yaml"))
+            .args(["--project-name", &self.project])
+            .args(args)
+            .env("SWEEPLB_TAG", &self.tag)
+            .env("SWEEPLB_PUBLISH", &self.publish);
+        c
+    }
+
+    fn running(&self, service: &str) -> Vec<String> {
+        output(&mut docker(&[
+            "ps",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+    }
+
+    fn container(&self, service: &str) -> String {
+        let ids = self.running(service);
+        assert_eq!(ids.len(), 1, "one {service} container: {ids:?}");
+        ids[0].clone()
+    }
+
+    fn webapps(&self) -> Vec<String> {
+        self.running("webapp")
+    }
+
+    fn webapp_ips(&self, network: &str) -> BTreeSet<IpAddr> {
+        self.webapps()
+            .iter()
+            .map(|id| container_ip(id, network))
+            .collect()
+    }
+}
+
+// ---- what /_lb/health says ----
+
+struct Health {
+    healthy: BTreeSet<IpAddr>,
+    /// Every backend listed, in any state.
+    listed: BTreeSet<IpAddr>,
+    body: Value,
+}
+
+impl Health {
+    fn requests(&self, addr: &IpAddr) -> u64 {
+        self.body["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| backend_ip(b) == Some(*addr))
+            .and_then(|b| b["requests"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+fn backend_ip(b: &Value) -> Option<IpAddr> {
+    b["addr"]
+        .as_str()?
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+}
+
+/// One balancer as seen from the host; every look at its health also checks that none of
+/// `forbidden` (gateway, balancer, impostors) is ever listed.
+struct Lab {
+    base: String,
+    http: reqwest::Client,
+    forbidden: BTreeMap<IpAddr, String>,
+    polls: usize,
+}
+
+impl Lab {
+    fn new(port: u16, forbidden: BTreeMap<IpAddr, String>) -> Lab {
+        Lab::at(format!("http://127.0.0.1:{port}"), forbidden)
+    }
+
+    fn at(base: String, forbidden: BTreeMap<IpAddr, String>) -> Lab {
+        Lab {
+            base,
+            http: plain_client(),
+            forbidden,
+            polls: 0,
+        }
+    }
+
+    fn forbid(&mut self, addr: IpAddr, why: &str) {
+        self.forbidden.insert(addr, why.to_string());
+    }
+
+    async fn health(&mut self) -> Result<Health, String> {
+        self.polls += 1;
+        let resp = self
+            .http
+            .get(format!("{}/_lb/health", self.base))
+            .send()
+            .await
+            .map_err(chain)?;
+        let body: Value = resp.json().await.map_err(chain)?;
+        let mut h = Health {
+            healthy: BTreeSet::new(),
+            listed: BTreeSet::new(),
+            body,
+        };
+        for b in h.body["backends"].as_array().into_iter().flatten() {
+            let Some(addr) = backend_ip(b) else { continue };
+            h.listed.insert(addr);
+            if b["state"] == "healthy" {
+                h.healthy.insert(addr);
+            }
+        }
+        for addr in &h.listed {
+            if let Some(why) = self.forbidden.get(addr) {
+                panic!(
+                    "{addr} ({why}) is listed by {}/_lb/health: {:#}",
+                    self.base, h.body
+                );
+            }
+        }
+        Ok(h)
+    }
+
+    /// Polls until `done`; the first such health and when it was seen.
+    async fn wait(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut done: impl FnMut(&Health) -> bool,
+    ) -> (Health, SystemTime) {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.health().await;
+            let at = SystemTime::now();
+            match seen {
+                Ok(h) if done(&h) => return (h, at),
+                Ok(h) if Instant::now() > deadline => {
+                    panic!(
+                        "not {what} within {within:?}; /_lb/health says {:#}",
+                        h.body
+                    )
+                }
+                Err(e) if Instant::now() > deadline => panic!("not {what} within {within:?}: {e}"),
+                _ => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    }
+}
+
+/// Polls `f` every 100ms until it gives a value.
+async fn eventually<T, F: Future<Output = Option<T>>>(
+    within: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "gave up after {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn plain_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .expect("a reqwest client")
+}
+
+fn chain(e: reqwest::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    s
+}
+
+/// `GET /`: the backend that answered (x-backend-ip) and its `sessionViews`.
+async fn visit_with(
+    http: &reqwest::Client,
+    base: &str,
+    cookie: Option<&str>,
+) -> Result<(IpAddr, u64), String> {
+    let mut req = http.get(format!("{base}/"));
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    let resp = req.send().await.map_err(chain)?;
+    let status = resp.status();
+    let header = resp
+        .headers()
+        .get("x-backend-ip")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let body = resp.text().await.map_err(chain)?;
+    if status != 200 {
+        return Err(format!("status {status}: {body}"));
+    }
+    let page: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
+    let ip: IpAddr = header
+        .and_then(|h| h.parse().ok())
+        .ok_or_else(|| format!("no x-backend-ip header: {body}"))?;
+    if page["ip"].as_str() != Some(&ip.to_string()) {
+        return Err(format!("x-backend-ip {ip} but the body says {body}"));
+    }
+    let views = page["sessionViews"]
+        .as_u64()
+        .ok_or_else(|| format!("no sessionViews: {body}"))?;
+    Ok((ip, views))
+}
+
+// ---- simulated users ----
+
+/// A browser-like user with its own cookie jar, remembering what it saw.
+struct Sim {
+    id: usize,
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
+    http: reqwest::Client,
+    backend: Option<IpAddr>,
+    views: u64,
+    moves: Vec<Move>,
+    /// A count that did not go on by one on the same backend, or did not start at 1 on a new one.
+    resets: Vec<String>,
+    failures: Vec<String>,
+    slowest: Duration,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // read through Debug in assertion messages
+struct Move {
+    phase: &'static str,
+    from: IpAddr,
+    to: IpAddr,
+    views: u64,
+}
+
+impl Sim {
+    fn new(id: usize) -> Sim {
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        Sim {
+            id,
+            http: user_client(&jar),
+            jar,
+            backend: None,
+            views: 0,
+            moves: Vec::new(),
+            resets: Vec::new(),
+            failures: Vec::new(),
+            slowest: Duration::ZERO,
+        }
+    }
+
+    /// New connections, same cookies.
+    fn reconnect(&mut self) {
+        self.http = user_client(&self.jar);
+    }
+
+    async fn step(&mut self, base: &str, phase: &'static str) {
+        let t = Instant::now();
+        let result = visit_with(&self.http, base, None).await;
+        self.slowest = self.slowest.max(t.elapsed());
+        let (ip, views) = match result {
+            Ok(r) => r,
+            Err(e) => {
+                self.failures.push(format!(
+                    "{phase}: user {} after {:.1?}: {e}",
+                    self.id,
+                    t.elapsed()
+                ));
+                return;
+            }
+        };
+        let expected = match self.backend {
+            Some(prev) if prev == ip => self.views + 1,
+            Some(prev) => {
+                self.moves.push(Move {
+                    phase,
+                    from: prev,
+                    to: ip,
+                    views,
+                });
+                1
+            }
+            None => 1,
+        };
+        if views != expected {
+            self.resets.push(format!(
+                "{phase}: user {} on {ip} saw {views}, expected {expected}",
+                self.id
+            ));
+        }
+        self.backend = Some(ip);
+        self.views = views;
+    }
+}
+
+fn user_client(jar: &std::sync::Arc<reqwest::cookie::Jar>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .cookie_provider(std::sync::Arc::clone(jar))
+        // Longer than anything the balancer may legitimately take during a kill.
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("a reqwest client")
+}
+
+async fn round(sims: &mut [Sim], base: &str, phase: &'static str) {
+    futures::future::join_all(sims.iter_mut().map(|s| s.step(base, phase))).await;
+}
+
+/// Users keep making requests, round after round, until `work` is done.
+async fn while_loading<T>(
+    sims: &mut [Sim],
+    base: &str,
+    phase: &'static str,
+    work: impl Future<Output = T>,
+) -> (T, usize) {
+    let rounds = AtomicUsize::new(0);
+    while_loading_counted(sims, base, phase, &rounds, work).await
+}
+
+async fn while_loading_counted<T>(
+    sims: &mut [Sim],
+    base: &str,
+    phase: &'static str,
+    rounds: &AtomicUsize,
+    work: impl Future<Output = T>,
+) -> (T, usize) {
+    let done = AtomicBool::new(false);
+    let load = async {
+        while !done.load(Ordering::SeqCst) && rounds.load(Ordering::SeqCst) < MAX_ROUNDS {
+            round(sims, base, phase).await;
+            rounds.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let work = async {
+        let out = work.await;
+        done.store(true, Ordering::SeqCst);
+        out
+    };
+    let ((), out) = tokio::join!(load, work);
+    (out, rounds.load(Ordering::SeqCst))
+}
+
+fn assert_clean(sims: &[Sim], phase: &str) {
+    let failures: Vec<&String> = sims.iter().flat_map(|s| &s.failures).collect();
+    assert!(
+        failures.is_empty(),
+        "failed requests by {phase}: {failures:#?}"
+    );
+    let resets: Vec<&String> = sims.iter().flat_map(|s| &s.resets).collect();
+    assert!(
+        resets.is_empty(),
+        "session counts reset by {phase}: {resets:#?}"
+    );
+    if phase == "steady" || phase == "restarted" {
+        let moves: Vec<(usize, &Move)> = sims
+            .iter()
+            .flat_map(|s| s.moves.iter().map(move |m| (s.id, m)))
+            .collect();
+        let moved: Vec<_> = moves.iter().filter(|(_, m)| m.phase == phase).collect();
+        assert!(moved.is_empty(), "users moved during {phase}: {moved:?}");
+    }
+}
+
+fn spread(sims: &[Sim]) -> BTreeMap<IpAddr, usize> {
+    let mut on = BTreeMap::new();
+    for s in sims {
+        if let Some(b) = s.backend {
+            *on.entry(b).or_insert(0) += 1;
+        }
+    }
+    on
+}
