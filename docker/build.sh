@@ -40,7 +40,9 @@ cp "$repo/docker/Dockerfile" "$repo/docker/config.yaml" "$context/"
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$repo/Cargo.toml" | head -n1)
 revision=$(git -C "$repo" rev-parse HEAD 2>/dev/null || echo unknown)
-created=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+# The commit's time, not the clock's: an unchanged tree then rebuilds entirely from the cache
+# instead of leaving the previous images behind, dangling, for a label that moved.
+created=$(TZ=UTC0 git -C "$repo" log -1 --format=%cd --date=format-local:%Y-%m-%dT%H:%M:%SZ 2>/dev/null || echo unknown)
 for target in balancer webapp; do
     case $target in
         balancer) image=sweeplb:$tag ;;
