@@ -84,9 +84,12 @@ pub fn respond<B>(
     }
     match req.uri().path() {
         "/_lb/health" => health(snapshot, upstream),
+        // Liveness for container health checks: answers while the process serves requests,
+        // whatever the pool holds.
+        "/_lb/live" => json_response(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
         _ => json_response(
             StatusCode::NOT_FOUND,
-            r#"{"error":"unknown endpoint; try /_lb/health"}"#.to_string(),
+            r#"{"error":"unknown endpoint; try /_lb/health or /_lb/live"}"#.to_string(),
         ),
     }
 }

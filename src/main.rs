@@ -38,6 +38,13 @@ enum Command {
         #[arg(long, default_value = "sweeplb-webapp")]
         app: String,
     },
+    /// GET one URL and exit 0 on a 2xx answer, 1 otherwise: a container HEALTHCHECK without a
+    /// shell.
+    Probe {
+        url: String,
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,9 +55,13 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match args.command {
         Some(Command::Check) => check(&args.config),
+        Some(Command::Probe { url, timeout }) => {
+            exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
+        }
         Some(Command::Webapp { listen, app }) => {
             exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app))))
         }
@@ -178,6 +189,24 @@ async fn balance(config: sweeplb::Config) -> anyhow::Result<()> {
     on_signal(shutdown.clone());
     sweeplb::run(config, listener, shutdown).await?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+async fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()?;
+    let resp = client
+        .get(url)
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?;
+    anyhow::ensure!(
+        resp.status().is_success(),
+        "GET {url}: status {}",
+        resp.status()
+    );
     Ok(())
 }
 

@@ -82,7 +82,7 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
 
     // Clients keep requesting while the backend dies and while the prober confirms it.
     let deadline = Instant::now() + Duration::from_millis(2 * 200 + 1000);
-    victim.kill();
+    victim.kill().await;
     let mut failures = Vec::new();
     let mut last = before.clone();
     let mut rounds = 0;
@@ -146,6 +146,13 @@ async fn an_empty_pool_answers_503_at_once() {
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "no backend is healthy");
+    // Still alive, though: a container health check must not restart it for this.
+    let live = crate::support::client()
+        .get(lb.url("/_lb/live"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(live.status(), 200);
     lb.stop().await;
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 
-use crate::support::{Balancer, Net, client, custom, text, webapp};
+use crate::support::{Balancer, Net, addrs, client, custom, text, webapp};
 
 /// A backend that describes the request it got, and answers with hop-by-hop headers of its own.
 async fn echo(req: http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
@@ -128,30 +128,30 @@ async fn a_post_whose_backend_cannot_be_connected_goes_to_the_fallback_with_its_
     let net = Net::new(42);
     let backends: Vec<_> = [10, 11, 12].map(|i| custom(net.addr(i), echo)).into();
     let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(
-        &backends.iter().map(|b| b.addr).collect::<Vec<_>>(),
-        Duration::from_secs(5),
-    )
-    .await;
+    lb.wait_healthy(&addrs(&backends), Duration::from_secs(5))
+        .await;
 
-    // Find a cookie that lands on backend .11, then kill .11 before the prober can notice.
+    // Find, with the library's own ring, a cookie whose backend is .11, and the fallback it
+    // should get. No request has gone to .11, so no warm connection to it hides the failure.
+    let routing = sweeplb::pool::Routing::new(
+        addrs(&backends)
+            .into_iter()
+            .map(|a| std::sync::Arc::new(sweeplb::pool::Backend::new(a)))
+            .collect(),
+    );
+    let (cookie, fallback) = (0..1000)
+        .find_map(|i| {
+            let key = format!("k{i}");
+            let order: Vec<_> = routing
+                .candidates(sweeplb::balancer::key_hash(key.as_bytes()))
+                .map(|b| b.addr.ip().to_string())
+                .collect();
+            (order[0] == net.ip(11).to_string())
+                .then(|| (format!("sweeplb={key}"), order[1].clone()))
+        })
+        .expect("some key lands on .11");
     let target = net.ip(11).to_string();
-    let mut cookie = None;
-    for i in 0..200 {
-        let c = format!("sweeplb=k{i}");
-        let resp = client()
-            .get(lb.url("/"))
-            .header("cookie", &c)
-            .send()
-            .await
-            .unwrap();
-        if resp.headers()["x-backend-ip"] == target.as_str() {
-            cookie = Some(c);
-            break;
-        }
-    }
-    let cookie = cookie.expect("some key lands on .11");
-    backends[1].kill();
+    backends[1].kill().await;
     let resp = client()
         .post(lb.url("/orders"))
         .header("cookie", &cookie)
@@ -161,6 +161,11 @@ async fn a_post_whose_backend_cannot_be_connected_goes_to_the_fallback_with_its_
         .unwrap();
     assert_eq!(resp.status(), 200);
     assert_ne!(resp.headers()["x-backend-ip"], target.as_str());
+    assert_eq!(
+        resp.headers()["x-backend-ip"],
+        fallback.as_str(),
+        "not the key's first fallback"
+    );
     let seen: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(seen["method"], "POST");
     assert_eq!(seen["body_len"], 100_000);
@@ -244,6 +249,8 @@ async fn lb_paths_are_answered_by_the_balancer_never_forwarded() {
     assert!(resp.headers().get("x-backend-ip").is_none());
     let resp = client().post(lb.url("/_lb/health")).send().await.unwrap();
     assert_eq!(resp.status(), 405);
+    let resp = client().get(lb.url("/_lb/live")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     let resp = client().get(lb.url("/")).send().await.unwrap();
     assert!(resp.headers().get("x-backend-ip").is_some());
     lb.stop().await;

@@ -74,11 +74,15 @@ fn reusable_listener(addr: SocketAddr) -> TcpListener {
 pub struct Backend {
     pub addr: SocketAddr,
     stop: CancellationToken,
+    tasks: tokio_util::task::TaskTracker,
 }
 
 impl Backend {
-    pub fn kill(&self) {
+    /// Returns once the listener and every connection are closed, as after a crash.
+    pub async fn kill(&self) {
         self.stop.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 }
 
@@ -129,8 +133,9 @@ where
     let listener = reusable_listener(addr);
     let stop = CancellationToken::new();
     let token = stop.clone();
-    tokio::spawn(async move {
-        let conns = tokio_util::task::TaskTracker::new();
+    let tasks = tokio_util::task::TaskTracker::new();
+    let conns = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
                 _ = token.cancelled() => break,
@@ -163,7 +168,7 @@ where
             });
         }
     });
-    Backend { addr, stop }
+    Backend { addr, stop, tasks }
 }
 
 pub fn text(status: u16, body: &str) -> http::Response<Full<Bytes>> {
