@@ -1,6 +1,7 @@
 //! The `/_lb/*` endpoints, answered by the balancer itself and never forwarded. They only read
 //! the pool snapshot.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
@@ -71,7 +72,7 @@ fn ms(d: std::time::Duration) -> f64 {
 pub fn respond<B>(
     req: &Request<B>,
     snapshot: &Snapshot,
-    upstream: &upstream::Pool,
+    upstream: &[Arc<upstream::Pool>],
 ) -> Response<ResponseBody> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json_response(
@@ -94,7 +95,7 @@ pub fn respond<B>(
     }
 }
 
-fn health(s: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
+fn health(s: &Snapshot, upstream: &[Arc<upstream::Pool>]) -> Response<ResponseBody> {
     let healthy = s.healthy();
     let view = Health {
         status: if healthy > 0 {
@@ -135,9 +136,15 @@ fn health(s: &Snapshot, upstream: &upstream::Pool) -> Response<ResponseBody> {
             finished: timestamp(r.finished),
         }),
         upstream: UpstreamView {
-            connects: upstream.stats.connects.load(Ordering::Relaxed),
-            reused: upstream.stats.reused.load(Ordering::Relaxed),
-            idle: upstream.idle_count(),
+            connects: upstream
+                .iter()
+                .map(|p| p.stats.connects.load(Ordering::Relaxed))
+                .sum(),
+            reused: upstream
+                .iter()
+                .map(|p| p.stats.reused.load(Ordering::Relaxed))
+                .sum(),
+            idle: upstream.iter().map(|p| p.idle_count()).sum(),
         },
     };
     let status = if healthy > 0 {

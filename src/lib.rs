@@ -60,11 +60,13 @@ pub async fn run(
         reports_rx,
         prober_stop.clone(),
     ));
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let proxy = Arc::new(proxy::Proxy::new(
         reader,
         config.balance.key.clone(),
         config.timeouts.clone(),
         reports,
+        workers,
     ));
     tracing::info!(%listen, "listening");
     proxy::serve(listener, proxy, shutdown).await;

@@ -385,7 +385,8 @@ struct Round {
 
 /// The prober's state, owned by its one task.
 struct Prober {
-    d: Discovery,
+    /// Shared with every probe task; a /16 round spawns 65,534 of them.
+    d: Arc<Discovery>,
     targets: Targets,
     order: Order,
     skip: Vec<IpNet>,
@@ -429,7 +430,7 @@ pub async fn run(
         routing_dirty: false,
         status_dirty: false,
         last_publish: now,
-        d,
+        d: Arc::new(d),
     };
     info!(
         addresses = p.targets.len(),
@@ -472,7 +473,7 @@ impl Prober {
         addr: SocketAddr,
     ) {
         self.inflight += 1;
-        let d = self.d.clone();
+        let d = Arc::clone(&self.d);
         probes.spawn(async move {
             let start = Instant::now();
             let result = probe(addr, &d).await;

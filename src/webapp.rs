@@ -168,12 +168,16 @@ pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: Cancellation
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
-    crate::proxy::accept(&listener, &http, &graceful, &shutdown, |local, _| {
+    crate::proxy::accept(&listener, &shutdown, |stream, peer| {
+        let Ok(local) = stream.local_addr() else {
+            return;
+        };
         let app = Arc::clone(&app);
-        service_fn(move |req| {
+        let service = service_fn(move |req| {
             let app = Arc::clone(&app);
             async move { Ok::<_, Infallible>(app.handle(req, local).await) }
-        })
+        });
+        crate::proxy::serve_connection(&http, &graceful, stream, peer, service, || {});
     })
     .await;
     drop(listener);
