@@ -27,13 +27,23 @@ pub fn new() -> (Writer, Reader) {
     watch::channel(Arc::new(Snapshot::default()))
 }
 
+/// Request counters are split in shards, one per worker thread (modulo), each on its own cache
+/// line: two workers counting requests to one backend never write the same line.
+const SHARDS: usize = 8;
+
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Shard {
+    requests: AtomicU64,
+    inflight: AtomicU64,
+}
+
 /// One backend as long as it stays a member; the same `Arc` is carried from snapshot to
 /// snapshot so counters survive membership changes of others.
 #[derive(Debug)]
 pub struct Backend {
     pub addr: SocketAddr,
-    requests: AtomicU64,
-    inflight: AtomicU64,
+    counters: [Shard; SHARDS],
     /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
     /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
     gone: CancellationToken,
@@ -43,25 +53,23 @@ impl Backend {
     pub fn new(addr: SocketAddr) -> Backend {
         Backend {
             addr,
-            requests: AtomicU64::new(0),
-            inflight: AtomicU64::new(0),
+            counters: Default::default(),
             gone: CancellationToken::new(),
         }
     }
 
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.counters
+            .iter()
+            .map(|s| s.requests.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn inflight(&self) -> u64 {
-        self.inflight.load(Ordering::Relaxed)
-    }
-
-    /// Counts a request sent to this backend until the guard is dropped.
-    pub fn begin_request(self: &Arc<Self>) -> InflightGuard {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.inflight.fetch_add(1, Ordering::Relaxed);
-        InflightGuard(Arc::clone(self))
+        self.counters
+            .iter()
+            .map(|s| s.inflight.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn gone(&self) -> &CancellationToken {
@@ -69,17 +77,28 @@ impl Backend {
     }
 }
 
+/// Counts one request in flight to `routing.backends[index]` until dropped. Holds the routing
+/// rather than the backend: a worker's routing is its own copy, so holding it touches no
+/// reference count that another core also writes.
 #[derive(Debug)]
-pub struct InflightGuard(Arc<Backend>);
+pub struct InflightGuard {
+    routing: Arc<Routing>,
+    index: usize,
+    shard: usize,
+}
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(b) = self.routing.backends.get(self.index) {
+            b.counters[self.shard]
+                .inflight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
 /// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Routing {
     pub backends: Vec<Arc<Backend>>,
     pub ring: Ring,
@@ -108,6 +127,20 @@ impl Routing {
     /// The backends to try for `key_hash`, best first.
     pub fn candidates(&self, key_hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         self.ring.candidates(key_hash).map(|i| &self.backends[i])
+    }
+
+    /// Counts a request to `backends[index]` from worker `worker` until the guard drops.
+    pub fn begin_request(self: &Arc<Self>, index: usize, worker: usize) -> InflightGuard {
+        let shard = worker % SHARDS;
+        if let Some(b) = self.backends.get(index) {
+            b.counters[shard].requests.fetch_add(1, Ordering::Relaxed);
+            b.counters[shard].inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        InflightGuard {
+            routing: Arc::clone(self),
+            index,
+            shard,
+        }
     }
 }
 

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Key, Timeouts};
-use crate::pool::{self, Backend, Report};
+use crate::pool::{self, Backend, Report, Routing};
 use crate::upstream::{self, ConnectError, Returning};
 use crate::{admin, balancer, prober};
 
@@ -132,7 +132,42 @@ pub struct Proxy {
     /// rides on stay on one thread and the pools are never contended.
     upstream: Vec<Arc<upstream::Pool>>,
     reports: mpsc::Sender<Report>,
-    active: AtomicUsize,
+}
+
+/// One worker thread's share of the proxy. Everything a request writes to is owned by one
+/// worker, so on the request path no cache line is written by two cores: the upstream pool,
+/// the routing copy and its reference count, the counter shard.
+struct Worker {
+    index: usize,
+    proxy: Arc<Proxy>,
+    upstream: Arc<upstream::Pool>,
+    routing: std::sync::Mutex<LocalRouting>,
+    /// Client connections this worker serves; the acceptor reads it to pick a worker.
+    open: Arc<AtomicUsize>,
+}
+
+/// The worker's own copy of the routing, refreshed when the prober publishes a new one. Only
+/// the worker's thread locks it, so the lock is never contended.
+struct LocalRouting {
+    pool: pool::Reader,
+    /// The published routing the copy was made from, to tell a membership change from a
+    /// status-only snapshot.
+    source: Arc<Routing>,
+    copy: Arc<Routing>,
+}
+
+impl Worker {
+    fn routing(&self) -> Arc<Routing> {
+        let mut local = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        if local.pool.has_changed().unwrap_or(false) {
+            let published = Arc::clone(&local.pool.borrow_and_update().routing);
+            if !Arc::ptr_eq(&published, &local.source) {
+                local.copy = Arc::new(Routing::clone(&published));
+                local.source = published;
+            }
+        }
+        Arc::clone(&local.copy)
+    }
 }
 
 /// What a request knows of the client connection it came on.
@@ -140,7 +175,7 @@ struct Client {
     peer: SocketAddr,
     /// The peer's address as a header value, made once per connection for `X-Forwarded-For`.
     peer_ip: Option<HeaderValue>,
-    upstream: Arc<upstream::Pool>,
+    worker: Arc<Worker>,
 }
 
 impl Proxy {
@@ -160,15 +195,16 @@ impl Proxy {
             key,
             timeouts,
             reports,
-            active: AtomicUsize::new(0),
         }
     }
+}
 
+impl Worker {
     async fn handle(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         let path = req.uri().path();
         if path == "/_lb" || path.starts_with("/_lb/") {
-            let snapshot = Arc::clone(&self.pool.borrow());
-            return admin::respond(&req, &snapshot, &self.upstream);
+            let snapshot = Arc::clone(&self.proxy.pool.borrow());
+            return admin::respond(&req, &snapshot, &self.proxy.upstream);
         }
         if req.headers().contains_key(prober::PROBE_HEADER) {
             // Another sweeplb (or this one) is probing us: say what we are, never forward.
@@ -180,15 +216,12 @@ impl Proxy {
                 .insert(prober::BALANCER_HEADER, HeaderValue::from_static("1"));
             return resp;
         }
-        self.active.fetch_add(1, Ordering::Relaxed);
-        let resp = self.forward(req, client).await;
-        self.active.fetch_sub(1, Ordering::Relaxed);
-        resp
+        self.forward(req, client).await
     }
 
     async fn forward(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
-        let (hash, new_cookie) = self.key_of(req.headers(), client.peer);
-        let routing = Arc::clone(&self.pool.borrow().routing);
+        let (hash, new_cookie) = self.proxy.key_of(req.headers(), client.peer);
+        let routing = self.routing();
         let result = if routing.backends.is_empty() {
             Err(Error::NoBackend)
         } else {
@@ -202,15 +235,14 @@ impl Proxy {
                 )
             });
             let req = Request::from_parts(parts, Either::Left(body));
-            self.send(&client.upstream, routing.candidates(hash), req, replay)
-                .await
+            self.send(&routing, hash, req, replay).await
         };
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => e.respond(),
         };
         strip_hop_by_hop(resp.headers_mut());
-        if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.key) {
+        if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.proxy.key) {
             let value = format!("{name}={cookie}; Path=/; HttpOnly; SameSite=Lax");
             if let Ok(v) = HeaderValue::from_str(&value) {
                 resp.headers_mut().append(header::SET_COOKIE, v);
@@ -220,10 +252,10 @@ impl Proxy {
     }
 
     /// Offers the request to the candidates in order, per the retry rule in the module doc.
-    async fn send<'a>(
+    async fn send(
         &self,
-        upstream: &Arc<upstream::Pool>,
-        candidates: impl Iterator<Item = &'a Arc<Backend>>,
+        routing: &Arc<Routing>,
+        hash: u64,
         req: Request<upstream::RequestBody>,
         replay: Option<(Method, Uri, HeaderMap)>,
     ) -> Result<Response<ResponseBody>, Error> {
@@ -241,8 +273,11 @@ impl Proxy {
         let mut unsent = next();
         let mut tried = 0;
         let mut last_connect: Option<(SocketAddr, ConnectError)> = None;
-        for backend in candidates.take(MAX_BACKENDS_TRIED) {
+        let upstream = &self.upstream;
+        let response_timeout = self.proxy.timeouts.response;
+        for index in routing.ring.candidates(hash).take(MAX_BACKENDS_TRIED) {
             tried += 1;
+            let backend = &routing.backends[index];
             let addr = backend.addr;
             let mut conn = match upstream.checkout(addr).await {
                 Ok(c) => c,
@@ -257,19 +292,21 @@ impl Proxy {
                 let Some(request) = unsent.take().or_else(&mut next) else {
                     break;
                 };
-                let guard = backend.begin_request();
+                let guard = routing.begin_request(index, self.index);
                 let reused = conn.reused;
-                let outcome = tokio::select! {
-                    r = tokio::time::timeout(self.timeouts.response, conn.send.try_send_request(request)) => Some(r),
-                    _ = backend.gone().cancelled() => None,
-                };
+                let outcome = wait_response(
+                    conn.send.try_send_request(request),
+                    response_timeout,
+                    backend,
+                )
+                .await;
                 match outcome {
-                    Some(Ok(Ok(resp))) => {
+                    Waited::Response(Ok(resp)) => {
                         let (parts, body) = resp.into_parts();
                         let body = Returning::new(body, conn, Arc::clone(upstream), guard);
                         return Ok(Response::from_parts(parts, Either::Left(body)));
                     }
-                    Some(Ok(Err(mut e))) => {
+                    Waited::Response(Err(mut e)) => {
                         unsent = e.take_message();
                         let error = e.into_error();
                         if unsent.is_none() && replay.is_none() {
@@ -293,13 +330,13 @@ impl Proxy {
                             }
                         };
                     }
-                    Some(Err(_elapsed)) => {
+                    Waited::TimedOut => {
                         return Err(Error::Timeout {
                             addr,
-                            timeout: self.timeouts.response,
+                            timeout: response_timeout,
                         });
                     }
-                    None => {
+                    Waited::Gone => {
                         if replay.is_none() {
                             return Err(Error::Gone { addr });
                         }
@@ -323,12 +360,14 @@ impl Proxy {
 
     fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {
         debug!(%addr, error = %e, "connect to backend failed; trying the next");
-        let _ = self.reports.try_send(Report::ConnectFailed {
+        let _ = self.proxy.reports.try_send(Report::ConnectFailed {
             addr,
             reason: e.to_string(),
         });
     }
+}
 
+impl Proxy {
     /// The hash of a request's stickiness key, and the fresh cookie value to set if it had
     /// none. Hashes the key where it lies: no copy on the request path.
     fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (u64, Option<String>) {
@@ -351,6 +390,41 @@ impl Proxy {
                 std::net::IpAddr::V6(ip) => (balancer::key_hash(&ip.octets()), None),
             },
         }
+    }
+}
+
+/// How long a request waits for its response head before it also watches for its backend
+/// leaving the pool. Most answers come sooner, and not registering a waiter on the backend's
+/// shared signal keeps the fast path free of a lock that every worker would touch.
+const WATCH_GONE_AFTER: Duration = Duration::from_millis(100);
+
+enum Waited<T> {
+    Response(T),
+    TimedOut,
+    Gone,
+}
+
+/// Waits for a response head, at most `timeout`, or until the backend leaves the pool.
+async fn wait_response<F: Future>(
+    send: F,
+    timeout: Duration,
+    backend: &Backend,
+) -> Waited<F::Output> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(send);
+    let sleep = tokio::time::sleep(timeout.min(WATCH_GONE_AFTER));
+    tokio::pin!(sleep);
+    tokio::select! {
+        biased;
+        r = &mut send => return Waited::Response(r),
+        _ = &mut sleep => {}
+    }
+    sleep.as_mut().reset(deadline);
+    tokio::select! {
+        biased;
+        r = &mut send => Waited::Response(r),
+        _ = backend.gone().cancelled() => Waited::Gone,
+        _ = &mut sleep => Waited::TimedOut,
     }
 }
 
@@ -456,15 +530,23 @@ fn combined(headers: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// cross threads: no work stealing, no cross-core wake-ups, no shared locks on the hot path.
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: CancellationToken) {
     let mut workers = Vec::new();
-    for (i, pool) in proxy.upstream.iter().enumerate() {
+    for (index, upstream) in proxy.upstream.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let load = Arc::new(AtomicUsize::new(0));
-        let (proxy, pool, shutdown, open) = (
-            Arc::clone(&proxy),
-            Arc::clone(pool),
-            shutdown.clone(),
-            Arc::clone(&load),
-        );
+        let published = Arc::clone(&proxy.pool.borrow().routing);
+        let worker = Arc::new(Worker {
+            index,
+            proxy: Arc::clone(&proxy),
+            upstream: Arc::clone(upstream),
+            routing: std::sync::Mutex::new(LocalRouting {
+                pool: proxy.pool.clone(),
+                copy: Arc::new(Routing::clone(&published)),
+                source: published,
+            }),
+            open: Arc::clone(&load),
+        });
+        let shutdown = shutdown.clone();
+        let i = index;
         let thread = std::thread::Builder::new()
             .name(format!("sweeplb-worker-{i}"))
             .spawn(move || {
@@ -472,7 +554,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(worker(rx, proxy, pool, open, shutdown)),
+                    Ok(rt) => rt.block_on(work(rx, worker, shutdown)),
                     Err(e) => warn!(error = %e, "cannot start a worker runtime"),
                 }
             });
@@ -515,22 +597,21 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
 }
 
 /// One worker: serves the connections the acceptor hands it until `shutdown`, then drains.
-async fn worker(
+async fn work(
     mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
-    proxy: Arc<Proxy>,
-    pool: Arc<upstream::Pool>,
-    open: Arc<AtomicUsize>,
+    worker: Arc<Worker>,
     shutdown: CancellationToken,
 ) {
+    let timeouts = &worker.proxy.timeouts;
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timer is what makes `header_read_timeout` real: without one hyper silently skips it.
     http.timer(TokioTimer::new())
-        .header_read_timeout(proxy.timeouts.header_read)
+        .header_read_timeout(timeouts.header_read)
         .keep_alive(true);
     let reaper = {
-        let (pool, shutdown) = (Arc::clone(&pool), shutdown.clone());
-        let every = (proxy.timeouts.idle / 2).max(Duration::from_secs(1));
+        let (pool, shutdown) = (Arc::clone(&worker.upstream), shutdown.clone());
+        let every = (timeouts.idle / 2).max(Duration::from_secs(1));
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             loop {
@@ -550,32 +631,31 @@ async fn worker(
             },
         };
         let Ok(stream) = TcpStream::from_std(stream) else {
-            open.fetch_sub(1, Ordering::Relaxed);
+            worker.open.fetch_sub(1, Ordering::Relaxed);
             continue;
         };
         let client = Arc::new(Client {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
-            upstream: Arc::clone(&pool),
+            worker: Arc::clone(&worker),
         });
-        let proxy = Arc::clone(&proxy);
         let service = service_fn(move |req| {
-            let (proxy, client) = (Arc::clone(&proxy), Arc::clone(&client));
-            async move { Ok::<_, Infallible>(proxy.handle(req, &client).await) }
+            let client = Arc::clone(&client);
+            async move { Ok::<_, Infallible>(client.worker.handle(req, &client).await) }
         });
-        let open = Arc::clone(&open);
+        let open = Arc::clone(&worker.open);
         serve_connection(&http, &graceful, stream, peer, service, move || {
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    if tokio::time::timeout(proxy.timeouts.shutdown, graceful.shutdown())
+    if tokio::time::timeout(timeouts.shutdown, graceful.shutdown())
         .await
         .is_err()
     {
         warn!(
-            requests = proxy.active.load(Ordering::Relaxed),
-            deadline = ?proxy.timeouts.shutdown,
-            "shutdown deadline cut off requests still in flight"
+            connections = worker.open.load(Ordering::Relaxed),
+            deadline = ?timeouts.shutdown,
+            "shutdown deadline cut off connections with requests still in flight"
         );
     } else {
         debug!("worker drained");
