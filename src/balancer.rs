@@ -1,47 +1,89 @@
 //! Consistent hashing of stickiness keys onto backends: a pure, synchronous hash ring with O(1) lookups, built once per membership change and only read per request.
 //!
-//! It deliberately knows nothing of addresses, health or configuration: the pool hands it one stable
-//! `u64` per backend ([`backend_hash`]) and gets back indexes into the slice it passed.
+//! It deliberately knows nothing of addresses, health or configuration: the pool hands it one
+//! stable `u64` per backend ([`backend_hash`]) and gets back indexes into the slice it passed.
 
 use std::fmt;
 use std::iter::FusedIterator;
+use std::sync::Mutex;
+use std::thread;
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-/// Seed of [`key_hash`]. Part of the routing contract, like [`BACKEND_SEED`] and [`VNODES`]:
-/// changing any of them moves almost every user to another backend on the next deploy, which is
-/// what the golden test in this module is there to catch. Never derive it from `RandomState` or
-/// anything per-process: every replica and every restart must place a key identically.
+/// Seed of [`key_hash`]. Part of the routing contract, like [`BACKEND_SEED`], [`VNODES`] and
+/// [`POSITION_BITS`]: changing any of them moves almost every user to another backend on the
+/// next deploy, which is what the golden tests in this module are there to catch. Never derive
+/// it from `RandomState` or anything per-process: every replica and every restart must place a
+/// key identically.
 const KEY_SEED: u64 = 0x7377_6565_706c_6231; // "sweeplb1"
 
-/// Seed of [`backend_hash`]. Different from [`KEY_SEED`] so a key that happens to be spelled like a
-/// backend address does not land exactly on that backend's points.
+/// Seed of [`backend_hash`]. Different from [`KEY_SEED`] so a key that happens to be spelled
+/// like a backend address does not land exactly on that backend's points.
 const BACKEND_SEED: u64 = 0x7377_6565_706c_6232; // "sweeplb2"
 
 /// Virtual points per backend.
 ///
-/// A constant, never a function of the number of backends: a backend's points must depend on its
-/// identity alone, or a join or leave would move points of the others and with them their keys.
+/// A constant, never a function of the number of backends: a backend's points must depend on
+/// its identity alone, or a join or leave would move points of the others and with them their
+/// keys.
 ///
-/// The value is the smallest power of two that meets the balance target with margin. A
-/// backend's share is the sum of `VNODES` independent arc lengths, so its relative standard
-/// deviation is about `1/sqrt(VNODES)` (1.1% here), and the busiest of 100 backends sits about
-/// 2.5 standard deviations above the mean. Measured at N=100 over twenty random backend sets:
-/// 4096 points give a busiest/mean of 1.041 exactly (1.051 over 1M sampled keys, worst set 1.067),
-/// 8192 give 1.028 (sampled 1.035, worst set 1.046), against the 1.05 target. Part of what
-/// remains is sampling noise of the keys themselves (about 1% per backend at 10,000 keys each),
-/// which no ring can remove. The price is memory: 12 bytes per point, about 100 KiB per backend
-/// plus the bucket table.
+/// The smallest power of two that meets the balance target with margin. A backend's share is
+/// the sum of `VNODES` independent arc lengths, so its relative standard deviation is about
+/// `1/sqrt(VNODES)` (1.1% here), and the busiest of 100 backends sits about 2.5 standard
+/// deviations above the mean. Measured at N=100 over twenty random backend sets: 4096 points
+/// give a busiest/mean of 1.041 exactly (1.051 over 1M sampled keys, worst set 1.067), 8192
+/// give 1.028 (sampled 1.035, worst set 1.046), against the 1.05 target. Part of what remains
+/// is sampling noise of the keys themselves (about 1% per backend at 10,000 keys each), which
+/// no ring can remove. The price is memory and build time, both linear in the points.
 pub const VNODES: usize = 8192;
 
+/// The ring is a circle of `2^42` positions: a hash is placed by its top 42 bits.
+///
+/// Fixed, so routing is a function of the points alone, whatever the size of the bucket table.
+/// 42 bits because the top [`PARTITION_BITS`] of a position are implied by the bucket it lands
+/// in, and the other 32 then fit beside a 32-bit owner in one `u64`: 8 bytes a point, which
+/// holds everything a lookup needs in one cache line. Memory is what a build pays for (on this
+/// VM a fresh page costs ~1.6 us to fault in, a third of a single-threaded N=1000 build), and
+/// 64-bit positions would make it 12 or 16 bytes a point. Coinciding points (about `P^2 / 2^43`
+/// pairs, so a few at N=1000) are harmless: ties break by identity hash, which keeps the ring
+/// consistent and independent of input order. A resolution of `2^-42` is far below anything
+/// balance could notice.
+const POSITION_BITS: u32 = 42;
+
+/// The build sorts in two levels: first by the top 10 bits of the position into 1024
+/// partitions, written as 1024 sequential streams (few enough for the TLB and the caches),
+/// then each partition, a few thousand points, in cache. A single scatter straight to the final
+/// buckets is a random write per point into tens of megabytes: a first version that did so
+/// took 430 ms at N=1000, over 3x this build on one thread. 8 or 9 bits measured the same.
+const PARTITION_BITS: u32 = 10;
+
+/// Bits of a position that an entry stores: those below the partition's prefix.
+const TAIL_BITS: u32 = POSITION_BITS - PARTITION_BITS;
+
+/// Bits of an entry left for the owner, below the position's tail.
+const OWNER_BITS: u32 = u64::BITS - TAIL_BITS;
+const OWNER_MASK: u64 = (1 << OWNER_BITS) - 1;
+
+/// The counting sort inside a partition splits each bucket 8 ways, so that an eighth of a
+/// bucket (half an entry on average) is mostly empty or single and the insertion sort after it
+/// has little left to do. Its time is mostly mispredicted branches: sorting whole buckets of
+/// four that way made the build 1.4x slower; 4 or 16 ways measured 5% slower than 8.
+const SUB_BUCKET_BITS: u32 = 3;
+
+/// Rings of at least this many points (N >= 512) are built on two threads. A single-threaded
+/// build at N=1000 measured 125-135 ms, two threads 68 ms, against a 100 ms target. Smaller
+/// rings stay on the caller's thread: N=100 builds in 8 ms, and a thread would buy little.
+/// The cost is that a big rebuild briefly keeps two cores busy.
+const PARALLEL_POINTS: usize = 1 << 22;
+
 /// Most backends a ring places; the rest of the slice is ignored (documented on [`Ring::new`]).
-/// Point indexes are `u32` to keep the bucket table and owners small, and this many backends
-/// already need 50 GiB of points, so the limit can only be reached by a caller bug.
+/// Point indexes are `u32` to keep the bucket table small, and this many backends already need
+/// 32 GiB of points, so the limit can only be reached by a caller bug.
 pub const MAX_BACKENDS: usize = u32::MAX as usize / VNODES;
 
 /// Distinct candidates remembered inline before [`Candidates`] switches to a heap bitset. The
-/// walk usually ends at the first or second candidate, so the failure path allocates only
-/// when that many backends have already been refused.
+/// walk usually ends at the first or second candidate, so the failure path allocates only when
+/// that many backends have already been refused.
 const INLINE_SEEN: usize = 8;
 
 /// Hash of a request's stickiness key (cookie value, header value, client IP bytes). Seeded xxh3, stable across processes/versions.
@@ -54,44 +96,53 @@ pub fn backend_hash(id: &[u8]) -> u64 {
     xxh3_64_with_seed(id, BACKEND_SEED)
 }
 
-/// Position of virtual point `j` of the backend with identity hash `backend`.
+/// Position on the ring of virtual point `j` of the backend with identity hash `backend`.
 ///
 /// This is the splitmix64 generator seeded with the identity hash: a Weyl step (odd gamma, so
 /// the `VNODES` states of one backend are distinct) through a bijective finalizer with full
-/// avalanche, so one backend's points never collide with each other and look independent of
-/// every other backend's. It is about a nanosecond a point, which keeps the 8M points of a
-/// 1000-backend ring cheap enough to generate twice during a build (see [`Ring::new`]); xxh3 of
-/// `(hash, j)` would be as good but three times slower.
-fn point(backend: u64, j: usize) -> u64 {
+/// avalanche, so one backend's points look independent of each other and of every other
+/// backend's. A few nanoseconds a point, cheap enough that a build generates the points twice
+/// rather than keep them in scratch memory. (xxh3 of `j` seeded with the hash measured the
+/// same; splitmix is the textbook seeded stream, short enough to reimplement elsewhere, say in
+/// a tool that predicts placements, without a dependency.)
+fn position(backend: u64, j: usize) -> u64 {
     const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut z = backend.wrapping_add((j as u64 + 1).wrapping_mul(GAMMA));
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
+    (z ^ (z >> 31)) >> (u64::BITS - POSITION_BITS)
 }
 
-/// A consistent-hash ring: every backend owns `VNODES` points on the 64-bit circle, and a key
-/// belongs to the owner of the first point at or after its hash, wrapping past the top.
+/// The part of an entry that holds a position: its tail, above the owner bits.
+fn tail(pos: u64) -> u64 {
+    (pos & ((1 << TAIL_BITS) - 1)) << OWNER_BITS
+}
+
+/// A consistent-hash ring: every backend owns `VNODES` points on a circle of `2^42` positions,
+/// and a key belongs to the owner of the first point at or after its position, wrapping past
+/// the top.
 ///
-/// Lookups are O(1) without a binary search: the points are bucketed by their top `bits` bits,
-/// and `first[b]` is the index of the first point of bucket `b` (the prefix sums of a counting
-/// sort, which is also how [`Ring::new`] sorts). With about one point per bucket a lookup is one
-/// table load and a scan of usually a single point, instead of the ~20 dependent, cache-missing
-/// probes of a binary search over a million points. The table only speeds up the search; its
-/// size may change with N but the routing is a function of the points alone.
+/// Lookups are O(1) without a binary search: the points are bucketed by the top `bucket_bits`
+/// bits of their position, and `first[b]` is the index of the first point of bucket `b` (the
+/// prefix sums of a counting sort, which is also how the build sorts). A lookup is one table
+/// load and a scan of about four entries in one cache line, which also hold the owner, instead
+/// of the ~20 dependent, cache-missing probes of a binary search over a million points. The
+/// table only speeds up the search: its size grows with N, but routing depends on the points
+/// alone.
 #[derive(Clone)]
 pub struct Ring {
-    /// Point positions, ascending. Kept apart from `owners` so the scan compares packed `u64`s
-    /// and the whole ring costs 12 bytes a point rather than 16 for a padded `(u64, u32)`.
-    points: Vec<u64>,
-    /// `owners[i]` is the caller's index of the backend owning `points[i]`.
-    owners: Vec<u32>,
-    /// `first[b]..first[b + 1]` are the points whose top `bits` bits equal `b`; `2^bits + 1`
-    /// entries so the end of the last bucket needs no special case.
+    /// One per point, ascending: the tail of its position (the rest is the bucket's prefix)
+    /// above the index of the backend that owns it.
+    entries: Vec<u64>,
+    /// `first[b]..first[b + 1]` are the entries of bucket `b`; `2^bucket_bits + 1` of them so
+    /// the end of the last bucket needs no special case.
     first: Vec<u32>,
-    /// `64 - bits`: shifting a hash right by this gives its bucket. Never 64 (`bits >= 1`).
-    shift: u32,
+    /// `POSITION_BITS - bucket_bits`: shifting a position right by this gives its bucket.
+    low_bits: u32,
+    /// Length of the caller's slice, capped at [`MAX_BACKENDS`].
     backends: usize,
+    /// Backends with points: `backends` less the copies of duplicated hashes.
+    placed: usize,
 }
 
 impl Ring {
@@ -100,60 +151,88 @@ impl Ring {
     /// The ring depends only on the set of hashes, not their order: shuffling the slice changes
     /// which index is returned but never which backend it names.
     ///
-    /// Identical hashes are a caller bug but harmless: both indexes get the same points, the
-    /// lower index owns them, and the other one is its first fallback, so removing either copy
-    /// moves nothing else. Only the first [`MAX_BACKENDS`] entries are placed.
+    /// Identical hashes are a caller bug (two entries for one address); they are taken to be one
+    /// backend: the lowest index is placed and the copies are never returned. Only the first
+    /// [`MAX_BACKENDS`] entries are placed.
     pub fn new(backends: &[u64]) -> Ring {
-        let backends = &backends[..backends.len().min(MAX_BACKENDS)];
-        let total = backends.len() * VNODES;
-        // About one point per bucket on average: half as many buckets doubled the scan and
-        // measured slower, twice as many cost table memory for little speed.
-        let bits = (usize::BITS - total.max(2).saturating_sub(1).leading_zeros()).clamp(1, 32);
-        let shift = 64 - bits;
-        let buckets = 1usize << bits;
+        let points = backends.len().min(MAX_BACKENDS) * VNODES;
+        Ring::build(backends, points >= PARALLEL_POINTS)
+    }
 
-        // Counting sort by bucket, generating the points twice instead of storing them in a
-        // scratch buffer: a second pass of splitmix is cheaper than another 12 bytes a point of
-        // memory traffic. `first[b + 1]` starts as the end of bucket `b`; the scatter fills each
-        // bucket from its end, so afterwards `first[b]` is its start, as lookups want.
-        let mut first = vec![0u32; buckets + 1];
-        for &backend in backends {
-            for j in 0..VNODES {
-                first[(point(backend, j) >> shift) as usize + 1] += 1;
-            }
+    /// [`Ring::new`], with the choice of threads left to the caller so tests can compare both.
+    fn build(backends: &[u64], parallel: bool) -> Ring {
+        let backends = &backends[..backends.len().min(MAX_BACKENDS)];
+        // Entries carry ranks, not indexes, until the end of the build: `order[rank]` is the
+        // index of the backend with the rank-th smallest hash, so equal positions sort by
+        // identity, whatever the input order.
+        let mut order: Vec<u32> = (0..backends.len() as u32).collect();
+        order.sort_unstable_by_key(|&i| (backends[i as usize], i));
+        order.dedup_by_key(|i| backends[*i as usize]);
+        let ids: Vec<u64> = order.iter().map(|&i| backends[i as usize]).collect();
+
+        let total = ids.len() * VNODES;
+        // About four points a bucket: they share a cache line, so a scan costs one miss, and the
+        // table (4 bytes a bucket) adds an eighth to the entries. Two a bucket measured lookups
+        // 10-20% faster, but a table twice the size and a slower build (9 rather than 8 ms at
+        // N=100, against 10); both targets hold with margin at four.
+        let ceil_log2 = usize::BITS - total.saturating_sub(1).leading_zeros();
+        let bucket_bits = ceil_log2.saturating_sub(2).clamp(PARTITION_BITS, 30);
+        let low_bits = POSITION_BITS - bucket_bits;
+        let partitions = 1usize << PARTITION_BITS;
+        let buckets_per_partition = 1usize << (bucket_bits - PARTITION_BITS);
+
+        // Each half of the work goes to one thread: first each half of the backends counts and
+        // then scatters its points, into its own share of every partition, then each half of
+        // the partitions is sorted.
+        let (lo_ids, hi_ids) = ids.split_at(ids.len() / 2);
+        let (lo_counts, hi_counts) = join(parallel, || histogram(lo_ids), || histogram(hi_ids));
+        let mut bounds = vec![0u32; partitions + 1];
+        for p in 0..partitions {
+            bounds[p + 1] = bounds[p] + lo_counts[p] + hi_counts[p];
         }
-        for b in 1..first.len() {
-            first[b] += first[b - 1];
+        let mut entries = vec![0u64; total];
+        let mut lo_parts = Vec::with_capacity(partitions);
+        let mut hi_parts = Vec::with_capacity(partitions);
+        let mut rest = &mut entries[..];
+        for p in 0..partitions {
+            let (lo, after) = rest.split_at_mut(lo_counts[p] as usize);
+            let (hi, after) = after.split_at_mut(hi_counts[p] as usize);
+            lo_parts.push(lo);
+            hi_parts.push(hi);
+            rest = after;
         }
-        let mut points = vec![0u64; total];
-        let mut owners = vec![0u32; total];
-        for (owner, &backend) in backends.iter().enumerate() {
-            for j in 0..VNODES {
-                let p = point(backend, j);
-                let slot = &mut first[(p >> shift) as usize + 1];
-                *slot -= 1;
-                points[*slot as usize] = p;
-                owners[*slot as usize] = owner as u32;
-            }
-        }
-        // Now `first[b + 1]` holds the start of bucket `b`; shift the table down by one.
-        first.copy_within(1.., 0);
-        first[buckets] = total as u32;
-        for b in 0..buckets {
-            let range = first[b] as usize..first[b + 1] as usize;
-            sort_bucket(&mut points[range.clone()], &mut owners[range], backends);
-        }
+        join(
+            parallel,
+            || scatter(lo_ids, 0, &mut lo_parts),
+            || scatter(hi_ids, lo_ids.len(), &mut hi_parts),
+        );
+
+        let mut first = vec![0u32; (1 << bucket_bits) + 1];
+        let layout = Layout {
+            low_bits,
+            buckets_per_partition,
+        };
+        let mid = partitions / 2;
+        let (lo_entries, hi_entries) = entries.split_at_mut(bounds[mid] as usize);
+        let (lo_first, hi_first) = first.split_at_mut(mid * buckets_per_partition);
+        join(
+            parallel,
+            || sort_partitions(&layout, &order, &bounds[..=mid], lo_entries, lo_first),
+            || sort_partitions(&layout, &order, &bounds[mid..], hi_entries, hi_first),
+        );
+        first[1 << bucket_bits] = total as u32;
 
         Ring {
-            points,
-            owners,
+            entries,
             first,
-            shift,
+            low_bits,
             backends: backends.len(),
+            placed: ids.len(),
         }
     }
 
-    /// Number of backends.
+    /// Number of backends: the length of the slice given to [`Ring::new`], copies of a
+    /// duplicated hash included.
     pub fn len(&self) -> usize {
         self.backends
     }
@@ -164,7 +243,7 @@ impl Ring {
 
     /// Index of the backend that owns `key_hash`, None if empty.
     pub fn route(&self, key_hash: u64) -> Option<usize> {
-        self.successor(key_hash).map(|i| self.owners[i] as usize)
+        self.successor(key_hash).map(|i| self.owner(i))
     }
 
     /// Distinct backend indexes in fallback order; first == route(key_hash).
@@ -173,12 +252,11 @@ impl Ring {
     /// key would route once the first k-1 are removed: a session that fails over moves once,
     /// and stays on the backend it moved to when the pool later drops the dead one.
     pub fn candidates(&self, key_hash: u64) -> Candidates<'_> {
-        let start = self.successor(key_hash).unwrap_or(0);
         Candidates {
             ring: self,
-            next: start,
-            unvisited: self.points.len(),
-            remaining: self.backends,
+            next: self.successor(key_hash).unwrap_or(0),
+            unvisited: self.entries.len(),
+            remaining: self.placed,
             seen: Seen::Few {
                 ids: [0; INLINE_SEEN],
                 len: 0,
@@ -188,56 +266,176 @@ impl Ring {
 
     /// Heap memory held by the ring, in bytes.
     pub fn heap_bytes(&self) -> usize {
-        self.points.capacity() * size_of::<u64>()
-            + self.owners.capacity() * size_of::<u32>()
-            + self.first.capacity() * size_of::<u32>()
+        self.entries.capacity() * size_of::<u64>() + self.first.capacity() * size_of::<u32>()
     }
 
-    /// Index of the first point at or after `h`, wrapping; None if the ring has no points.
+    fn owner(&self, i: usize) -> usize {
+        (self.entries[i] & OWNER_MASK) as usize
+    }
+
+    /// Index of the first point at or after the position of `h`, wrapping; None if there are
+    /// no points.
     fn successor(&self, h: u64) -> Option<usize> {
-        if self.points.is_empty() {
+        if self.entries.is_empty() {
             return None;
         }
-        let bucket = (h >> self.shift) as usize;
+        let pos = h >> (u64::BITS - POSITION_BITS);
+        let bucket = (pos >> self.low_bits) as usize;
         let start = self.first[bucket] as usize;
         let end = self.first[bucket + 1] as usize;
-        // Points of later buckets are all greater than `h`, so if none in this bucket is, the
-        // successor is the first point after it: `end`, or the lowest point when `end` is the top.
-        let i = match self.points[start..end].iter().position(|&p| p >= h) {
-            Some(offset) => start + offset,
-            None => end,
-        };
-        Some(if i == self.points.len() { 0 } else { i })
+        // Owner bits are zero here, so an entry at this very position compares greater or equal.
+        let key = tail(pos);
+        // The successor is the first entry of the bucket not below `key`, or, if there is none,
+        // the first past the bucket (later buckets all come after `h`): `end`, or the lowest
+        // point when `end` is the top. Counting the entries below `key` finds it without an
+        // early exit, whose mispredicted branch measured a quarter slower than this.
+        let below = self.entries[start..end]
+            .iter()
+            .map(|&e| usize::from(e < key))
+            .sum::<usize>();
+        let i = start + below;
+        Some(if i == self.entries.len() { 0 } else { i })
     }
 }
 
-/// Sorts one bucket by position, breaking ties by identity hash and then index so that equal
-/// positions (an identical pair of hashes, or a 2^-64 coincidence) order the same whatever the
-/// input order. Buckets hold one or two points, so insertion sort; big ones only come from
-/// duplicated hashes, and get a real sort so that a thousand copies cannot make a build quadratic.
-fn sort_bucket(points: &mut [u64], owners: &mut [u32], backends: &[u64]) {
-    let key = |p: u64, o: u32| (p, backends[o as usize], o);
-    if points.len() <= 16 {
-        for i in 1..points.len() {
-            let (p, o) = (points[i], owners[i]);
-            let mut j = i;
-            while j > 0 && key(points[j - 1], owners[j - 1]) > key(p, o) {
-                points[j] = points[j - 1];
-                owners[j] = owners[j - 1];
-                j -= 1;
-            }
-            points[j] = p;
-            owners[j] = o;
-        }
-    } else {
-        let mut entries: Vec<(u64, u32)> =
-            points.iter().copied().zip(owners.iter().copied()).collect();
-        entries.sort_unstable_by_key(|&(p, o)| key(p, o));
-        for (i, (p, o)) in entries.into_iter().enumerate() {
-            points[i] = p;
-            owners[i] = o;
+/// Points of the backends `ids` in each partition.
+fn histogram(ids: &[u64]) -> Vec<u32> {
+    let mut counts = vec![0u32; 1 << PARTITION_BITS];
+    for &id in ids {
+        for j in 0..VNODES {
+            counts[(position(id, j) >> TAIL_BITS) as usize] += 1;
         }
     }
+    counts
+}
+
+/// Writes the entries of `ids`, whose ranks start at `first_rank`, into their partitions'
+/// slices, as sized by [`histogram`].
+fn scatter(ids: &[u64], first_rank: usize, parts: &mut [&mut [u64]]) {
+    let mut cursor = vec![0usize; parts.len()];
+    for (rank, &id) in (first_rank..).zip(ids) {
+        for j in 0..VNODES {
+            let pos = position(id, j);
+            let p = (pos >> TAIL_BITS) as usize;
+            parts[p][cursor[p]] = tail(pos) | rank as u64;
+            cursor[p] += 1;
+        }
+    }
+}
+
+/// The shape of the bucket table, as [`sort_partitions`] needs it.
+struct Layout {
+    low_bits: u32,
+    buckets_per_partition: usize,
+}
+
+/// Sorts the partitions bounded by `bounds` (indexes into the whole ring; `entries` starts at
+/// `bounds[0]`) and fills their share of the bucket table, `first`.
+///
+/// Each partition goes through a scratch buffer that stays in cache: a counting sort by an
+/// eighth of a bucket, whose prefix sums are also the table, then one insertion sort over the
+/// whole partition for what is left out of order. Entries compare as `(position, rank)`.
+fn sort_partitions(
+    layout: &Layout,
+    order: &[u32],
+    bounds: &[u32],
+    entries: &mut [u64],
+    first: &mut [u32],
+) {
+    let per_partition = layout.buckets_per_partition;
+    let subs = per_partition << SUB_BUCKET_BITS;
+    let sub_shift = OWNER_BITS + layout.low_bits - SUB_BUCKET_BITS;
+    let sub = |entry: u64| (entry >> sub_shift) as usize & (subs - 1);
+    let offset = bounds[0] as usize;
+    let mut cursor = vec![0u32; subs];
+    let mut scratch: Vec<u64> = Vec::new();
+    for (p, range) in bounds.windows(2).enumerate() {
+        let (start, end) = (range[0] as usize, range[1] as usize);
+        let part = &mut entries[start - offset..end - offset];
+        cursor.fill(0);
+        for &entry in part.iter() {
+            cursor[sub(entry)] += 1;
+        }
+        let mut next = 0;
+        for slot in cursor.iter_mut() {
+            let count = *slot;
+            *slot = next;
+            next += count;
+        }
+        let table = &mut first[p * per_partition..(p + 1) * per_partition];
+        let bucket_starts = cursor.iter().step_by(1 << SUB_BUCKET_BITS);
+        for (bucket, &sub_start) in table.iter_mut().zip(bucket_starts) {
+            *bucket = start as u32 + sub_start;
+        }
+        // The scatter is a permutation of the partition, so every slot it reads back is written
+        // first: the buffer only grows and is never cleared.
+        if scratch.len() < part.len() {
+            scratch.resize(part.len(), 0);
+        }
+        let sorted = &mut scratch[..part.len()];
+        for &entry in part.iter() {
+            let slot = &mut cursor[sub(entry)];
+            sorted[*slot as usize] = entry;
+            *slot += 1;
+        }
+        // Only entries sharing an eighth of a bucket can be out of order, so this is linear
+        // in practice. Big groups mean hashes crafted to share points (`Ring::new` takes any
+        // `u64`s); the insertion sort gives up on those, and a real sort keeps them from
+        // making the build quadratic.
+        if !insertion_sort(sorted) {
+            sorted.sort_unstable();
+        }
+        for (slot, &entry) in part.iter_mut().zip(sorted.iter()) {
+            *slot = entry & !OWNER_MASK | u64::from(order[(entry & OWNER_MASK) as usize]);
+        }
+    }
+}
+
+/// Sorts `entries` if no entry is more than 32 places from where it belongs; false, with
+/// `entries` permuted, if one is.
+fn insertion_sort(entries: &mut [u64]) -> bool {
+    for i in 1..entries.len() {
+        let entry = entries[i];
+        let mut j = i;
+        while j > 0 && entries[j - 1] > entry {
+            if i - j == 32 {
+                entries[j] = entry;
+                return false;
+            }
+            entries[j] = entries[j - 1];
+            j -= 1;
+        }
+        entries[j] = entry;
+    }
+    true
+}
+
+/// Runs `a` and `b`, on two threads if `parallel` and a thread can be had, else one after the
+/// other: failing to spawn a thread (a process limit) must not fail a build.
+fn join<A: Send, B>(parallel: bool, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B) -> (A, B) {
+    if !parallel {
+        return (a(), b());
+    }
+    // `spawn_scoped` consumes its closure even when it fails, so `a` waits in a cell from which
+    // either the thread or the fallback takes it.
+    let cell = Mutex::new(Some(a));
+    let take = || cell.lock().unwrap_or_else(|e| e.into_inner()).take();
+    thread::scope(|s| {
+        let spawned = thread::Builder::new()
+            .name("ring-build".into())
+            .spawn_scoped(s, || take().map(|a| a()));
+        let b = b();
+        let a = match spawned {
+            Ok(handle) => handle
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e)),
+            Err(_) => None,
+        };
+        match a.or_else(|| take().map(|a| a())) {
+            Some(a) => (a, b),
+            None => unreachable!("`a` is taken exactly once, by the thread or by the fallback"),
+        }
+    })
 }
 
 impl fmt::Debug for Ring {
@@ -245,7 +443,8 @@ impl fmt::Debug for Ring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ring")
             .field("backends", &self.backends)
-            .field("points", &self.points.len())
+            .field("placed", &self.placed)
+            .field("points", &self.entries.len())
             .field("buckets", &(self.first.len() - 1))
             .field("heap_bytes", &self.heap_bytes())
             .finish()
@@ -259,7 +458,7 @@ pub struct Candidates<'a> {
     next: usize,
     /// Points not yet visited; bounds the walk to one lap of the ring.
     unvisited: usize,
-    /// Backends not yet yielded: every backend owns points, so one lap finds them all.
+    /// Backends not yet yielded: every placed backend owns points, so one lap finds them all.
     remaining: usize,
     seen: Seen,
 }
@@ -269,13 +468,16 @@ pub struct Candidates<'a> {
 /// backends stays linear.
 #[derive(Debug, Clone)]
 enum Seen {
-    Few { ids: [u32; INLINE_SEEN], len: usize },
+    Few {
+        ids: [usize; INLINE_SEEN],
+        len: usize,
+    },
     Many(Vec<u64>),
 }
 
 impl Seen {
     /// Records `id`; false if it was already there. `backends` sizes the bitset.
-    fn insert(&mut self, id: u32, backends: usize) -> bool {
+    fn insert(&mut self, id: usize, backends: usize) -> bool {
         match self {
             Seen::Few { ids, len } => {
                 if ids[..*len].contains(&id) {
@@ -288,13 +490,13 @@ impl Seen {
                 }
                 let mut bits = vec![0u64; backends.div_ceil(64)];
                 for &seen in ids.iter() {
-                    bits[seen as usize / 64] |= 1 << (seen % 64);
+                    bits[seen / 64] |= 1 << (seen % 64);
                 }
                 *self = Seen::Many(bits);
                 self.insert(id, backends)
             }
             Seen::Many(bits) => {
-                let (word, bit) = (id as usize / 64, 1u64 << (id % 64));
+                let (word, bit) = (id / 64, 1u64 << (id % 64));
                 let fresh = bits[word] & bit == 0;
                 bits[word] |= bit;
                 fresh
@@ -308,8 +510,8 @@ impl Iterator for Candidates<'_> {
 
     fn next(&mut self) -> Option<usize> {
         while self.remaining > 0 && self.unvisited > 0 {
-            let owner = self.ring.owners[self.next];
-            self.next = if self.next + 1 == self.ring.points.len() {
+            let owner = self.ring.owner(self.next);
+            self.next = if self.next + 1 == self.ring.entries.len() {
                 0
             } else {
                 self.next + 1
@@ -317,7 +519,7 @@ impl Iterator for Candidates<'_> {
             self.unvisited -= 1;
             if self.seen.insert(owner, self.ring.backends) {
                 self.remaining -= 1;
-                return Some(owner as usize);
+                return Some(owner);
             }
         }
         None
@@ -352,7 +554,24 @@ mod tests {
 
     /// Small deterministic key stream; the tests must not depend on a random seed to pass.
     fn keys(count: usize, seed: u64) -> impl Iterator<Item = u64> {
-        (0..count as u64).map(move |i| point(seed, i as usize))
+        (0..count as u64).map(move |i| xxh3_64_with_seed(&i.to_le_bytes(), seed))
+    }
+
+    /// Full positions of the ring's points, in storage order.
+    fn positions(ring: &Ring) -> Vec<u64> {
+        let low_mask = (1u64 << ring.low_bits) - 1;
+        let mut all = Vec::with_capacity(ring.entries.len());
+        for (bucket, range) in ring.first.windows(2).enumerate() {
+            for &entry in &ring.entries[range[0] as usize..range[1] as usize] {
+                all.push((bucket as u64) << ring.low_bits | (entry >> OWNER_BITS) & low_mask);
+            }
+        }
+        all
+    }
+
+    /// The smallest key hash at position `pos`.
+    fn at(pos: u64) -> u64 {
+        pos << (u64::BITS - POSITION_BITS)
     }
 
     /// Pinned placements and fallbacks: if this fails, a change has moved users between
@@ -390,14 +609,19 @@ mod tests {
     /// here with a clear cause rather than only as reshuffled placements.
     #[test]
     fn golden_hashes() {
-        let cases: [(fn(&[u8]) -> u64, &str, u64); 4] = [
-            (key_hash, "", 0x4d3a_2041_ec70_7b1d),
-            (key_hash, "alice", 0xd673_5485_2f2a_b594),
-            (backend_hash, "127.77.0.10:3000", 0xd989_7bc2_4ce9_c456),
-            (backend_hash, "[::1]:8080", 0x5722_6327_463a_ad6d),
+        let keys = [
+            ("", 0x4d3a_2041_ec70_7b1d),
+            ("alice", 0xd673_5485_2f2a_b594),
         ];
-        for (hash, input, want) in cases {
-            assert_eq!(hash(input.as_bytes()), want, "input {input:?}");
+        for (input, want) in keys {
+            assert_eq!(key_hash(input.as_bytes()), want, "key {input:?}");
+        }
+        let backends = [
+            ("127.77.0.10:3000", 0xd989_7bc2_4ce9_c456),
+            ("[::1]:8080", 0x5722_6327_463a_ad6d),
+        ];
+        for (input, want) in backends {
+            assert_eq!(backend_hash(input.as_bytes()), want, "backend {input:?}");
         }
     }
 
@@ -423,44 +647,58 @@ mod tests {
         struct Case {
             name: &'static str,
             backends: Vec<u64>,
-            want_len: usize,
+            /// How many distinct backends `candidates` yields.
+            placed: usize,
         }
+        const GAMMA: u64 = 0x9e37_79b9_7f4a_7c15;
         let cases = [
             Case {
                 name: "empty",
                 backends: vec![],
-                want_len: 0,
+                placed: 0,
             },
             Case {
                 name: "one",
                 backends: vec![7],
-                want_len: 1,
+                placed: 1,
             },
             Case {
                 name: "zero and max hashes",
                 backends: vec![0, u64::MAX],
-                want_len: 2,
+                placed: 2,
             },
             Case {
                 name: "duplicate pair",
                 backends: vec![42, 42],
-                want_len: 2,
+                placed: 1,
             },
             Case {
-                name: "many duplicates",
-                backends: vec![9; 40],
-                want_len: 40,
+                name: "many duplicates among others",
+                backends: [vec![3], vec![9; 40], vec![4]].concat(),
+                placed: 3,
+            },
+            Case {
+                // Identities one Weyl step apart share all but one of their points, so groups
+                // of 40 equal positions take the build's fallback sort.
+                name: "crafted to share points",
+                backends: (0..40).map(|k: u64| k.wrapping_mul(GAMMA)).collect(),
+                placed: 40,
             },
         ];
         let probes = [0, 1, u64::MAX, u64::MAX - 1, 1 << 63, key_hash(b"x")];
         for case in cases {
             let ring = Ring::new(&case.backends);
-            assert_eq!(ring.len(), case.want_len, "{}", case.name);
-            assert_eq!(ring.is_empty(), case.want_len == 0, "{}", case.name);
+            assert_eq!(ring.len(), case.backends.len(), "{}", case.name);
+            assert_eq!(ring.is_empty(), case.backends.is_empty(), "{}", case.name);
             assert!(format!("{ring:?}").len() < 200, "{}", case.name);
+            assert!(
+                positions(&ring).windows(2).all(|w| w[0] <= w[1]),
+                "{}",
+                case.name
+            );
             for &key in &probes {
                 let all: Vec<usize> = ring.candidates(key).collect();
-                assert_eq!(all.len(), case.want_len, "{}: all candidates", case.name);
+                assert_eq!(all.len(), case.placed, "{}: all candidates", case.name);
                 let mut sorted = all.clone();
                 sorted.sort_unstable();
                 sorted.dedup();
@@ -471,42 +709,61 @@ mod tests {
     }
 
     #[test]
-    fn duplicate_hash_is_its_own_fallback() {
-        let ring = Ring::new(&[5, 42, 42]);
-        for key in keys(1000, 1) {
-            let all: Vec<usize> = ring.candidates(key).collect();
-            if all[0] == 1 {
-                assert_eq!(all[1], 2);
-            }
-            assert_ne!(all[0], 2, "the higher copy never owns a point");
+    fn duplicate_hashes_are_one_backend() {
+        let ids = [5, 42, 42, 7];
+        let ring = Ring::new(&ids);
+        let deduped = [5, 42, 7];
+        let reference = Ring::new(&deduped);
+        for key in keys(2000, 1) {
+            let all: Vec<u64> = ring.candidates(key).map(|i| ids[i]).collect();
+            let want: Vec<u64> = reference.candidates(key).map(|i| deduped[i]).collect();
+            assert_eq!(all, want);
+            assert_ne!(ring.route(key), Some(2), "the copy is never returned");
         }
+    }
+
+    #[test]
+    fn parallel_build_matches_sequential() {
+        let backends = hashes(&addrs(1..=40));
+        let one = Ring::build(&backends, false);
+        let two = Ring::build(&backends, true);
+        assert_eq!(one.entries, two.entries);
+        assert_eq!(one.first, two.first);
+        assert_eq!(one.low_bits, two.low_bits);
     }
 
     #[test]
     fn key_on_a_point_belongs_to_that_point() {
         let ring = Ring::new(&hashes(&addrs(10..=12)));
-        for i in [0, 1, ring.points.len() / 2, ring.points.len() - 1] {
-            let p = ring.points[i];
-            assert_eq!(ring.route(p), Some(ring.owners[i] as usize));
-            let after = if i + 1 == ring.points.len() { 0 } else { i + 1 };
-            if p < u64::MAX && ring.points[after] != p + 1 {
-                assert_eq!(ring.route(p + 1), Some(ring.owners[after] as usize));
+        let all = positions(&ring);
+        let last = all.len() - 1;
+        for i in [0, 1, all.len() / 2, last] {
+            let owner = Some(ring.owner(i));
+            assert_eq!(ring.route(at(all[i])), owner, "first hash at the point");
+            assert_eq!(
+                ring.route(at(all[i] + 1) - 1),
+                owner,
+                "last hash at the point"
+            );
+            if i > 0 && all[i - 1] < all[i] - 1 {
+                assert_eq!(ring.route(at(all[i] - 1)), owner, "just before the point");
             }
         }
-        let top = *ring.points.last().unwrap();
-        if top < u64::MAX {
-            assert_eq!(ring.route(u64::MAX), Some(ring.owners[0] as usize), "wraps");
-        }
+        assert_eq!(ring.route(u64::MAX), Some(ring.owner(0)), "wraps");
+        assert_eq!(ring.route(0), Some(ring.owner(0)));
     }
 
     #[test]
     fn lookup_matches_binary_search() {
         let ring = Ring::new(&hashes(&addrs(1..=30)));
+        let all = positions(&ring);
+        assert!(all.windows(2).all(|w| w[0] <= w[1]), "sorted");
+        assert!(all.iter().all(|&p| p < 1 << POSITION_BITS));
         for key in keys(20_000, 2) {
-            let i = ring.points.partition_point(|&p| p < key) % ring.points.len();
-            assert_eq!(ring.route(key), Some(ring.owners[i] as usize));
+            let pos = key >> (u64::BITS - POSITION_BITS);
+            let i = all.partition_point(|&p| p < pos) % all.len();
+            assert_eq!(ring.route(key), Some(ring.owner(i)));
         }
-        assert!(ring.points.windows(2).all(|w| w[0] <= w[1]));
     }
 
     #[test]
@@ -526,7 +783,7 @@ mod tests {
 
     #[test]
     fn candidates_cover_a_large_ring_without_repeats() {
-        let ring = Ring::new(&(0..300).map(|i| point(99, i)).collect::<Vec<_>>());
+        let ring = Ring::new(&keys(300, 99).collect::<Vec<_>>());
         let mut seen = vec![false; 300];
         for candidate in ring.candidates(key_hash(b"walk")) {
             assert!(!seen[candidate]);
@@ -591,9 +848,9 @@ mod tests {
         ) {
             let a = Ring::new(&backends);
             let b = Ring::new(&shuffled);
-            prop_assert_eq!(&a.points, &b.points);
+            prop_assert_eq!(positions(&a), positions(&b));
             let identity = |ring: &Ring, ids: &[u64]| -> Vec<u64> {
-                ring.owners.iter().map(|&o| ids[o as usize]).collect()
+                (0..ring.entries.len()).map(|i| ids[ring.owner(i)]).collect()
             };
             prop_assert_eq!(identity(&a, &backends), identity(&b, &shuffled));
             for key in keys {

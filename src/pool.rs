@@ -77,19 +77,19 @@ impl Backend {
     }
 }
 
-/// Counts one request in flight to `routing.backends[index]` until dropped. Holds the routing
-/// rather than the backend: a worker's routing is its own copy, so holding it touches no
-/// reference count that another core also writes.
+/// Counts one request in flight to `backends[index]` until dropped. Holds the worker's
+/// [`Local`] handle rather than the backend, so holding it touches no reference count that
+/// another core also writes.
 #[derive(Debug)]
 pub struct InflightGuard {
-    routing: Arc<Routing>,
+    local: Local,
     index: usize,
     shard: usize,
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        if let Some(b) = self.routing.backends.get(self.index) {
+        if let Some(b) = self.local.backends.get(self.index) {
             b.counters[self.shard]
                 .inflight
                 .fetch_sub(1, Ordering::Relaxed);
@@ -97,8 +97,49 @@ impl Drop for InflightGuard {
     }
 }
 
-/// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
+/// One worker's handle on a published [`Routing`]: a reference count of its own around the
+/// shared one. Cloning it per request writes only this worker's count, where cloning the
+/// shared `Arc` would bounce its cache line between the cores on every request.
 #[derive(Debug, Clone)]
+// The extra allocation is the point: the outer count is this worker's alone.
+#[allow(clippy::redundant_allocation)]
+pub struct Local(Arc<Arc<Routing>>);
+
+impl Local {
+    pub fn new(shared: Arc<Routing>) -> Local {
+        Local(Arc::new(shared))
+    }
+
+    /// The published routing this handle wraps.
+    pub fn shared(&self) -> &Arc<Routing> {
+        &self.0
+    }
+
+    /// Counts a request to `backends[index]` from worker `worker` until the guard drops.
+    pub fn begin_request(&self, index: usize, worker: usize) -> InflightGuard {
+        let shard = worker % SHARDS;
+        if let Some(b) = self.backends.get(index) {
+            b.counters[shard].requests.fetch_add(1, Ordering::Relaxed);
+            b.counters[shard].inflight.fetch_add(1, Ordering::Relaxed);
+        }
+        InflightGuard {
+            local: self.clone(),
+            index,
+            shard,
+        }
+    }
+}
+
+impl std::ops::Deref for Local {
+    type Target = Routing;
+
+    fn deref(&self) -> &Routing {
+        &self.0
+    }
+}
+
+/// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
+#[derive(Debug)]
 pub struct Routing {
     pub backends: Vec<Arc<Backend>>,
     pub ring: Ring,
@@ -127,20 +168,6 @@ impl Routing {
     /// The backends to try for `key_hash`, best first.
     pub fn candidates(&self, key_hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
         self.ring.candidates(key_hash).map(|i| &self.backends[i])
-    }
-
-    /// Counts a request to `backends[index]` from worker `worker` until the guard drops.
-    pub fn begin_request(self: &Arc<Self>, index: usize, worker: usize) -> InflightGuard {
-        let shard = worker % SHARDS;
-        if let Some(b) = self.backends.get(index) {
-            b.counters[shard].requests.fetch_add(1, Ordering::Relaxed);
-            b.counters[shard].inflight.fetch_add(1, Ordering::Relaxed);
-        }
-        InflightGuard {
-            routing: Arc::clone(self),
-            index,
-            shard,
-        }
     }
 }
 

@@ -394,6 +394,9 @@ struct Prober {
     recently_left: Vec<Departure>,
     last_sweep: Option<SweepReport>,
     routing: Arc<Routing>,
+    /// Replaced routings, kept until no request holds them so that the last reference (and
+    /// the freeing of a ring of megabytes) is dropped here, off the request path.
+    retired: Vec<Arc<Routing>>,
     pool: pool::Writer,
     inflight: usize,
     round: Option<Round>,
@@ -423,6 +426,7 @@ pub async fn run(
         recently_left: Vec::new(),
         last_sweep: None,
         routing: Arc::new(Routing::default()),
+        retired: Vec::new(),
         pool,
         inflight: 0,
         round: None,
@@ -443,7 +447,7 @@ pub async fn run(
     loop {
         let now = Instant::now();
         p.launch(now, &mut probes);
-        p.maybe_publish(now);
+        p.maybe_publish(now).await;
         let wake = p.next_wake(now);
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -466,6 +470,17 @@ pub async fn run(
 }
 
 impl Prober {
+    fn free_retired(&mut self) {
+        let (free, keep): (Vec<_>, Vec<_>) = self
+            .retired
+            .drain(..)
+            .partition(|r| Arc::strong_count(r) == 1);
+        self.retired = keep;
+        if !free.is_empty() {
+            tokio::task::spawn_blocking(move || drop(free));
+        }
+    }
+
     fn spawn(
         &mut self,
         probes: &mut JoinSet<(Kind, SocketAddr, Duration, Result<(), Failure>)>,
@@ -727,7 +742,7 @@ impl Prober {
         }
     }
 
-    fn maybe_publish(&mut self, now: Instant) {
+    async fn maybe_publish(&mut self, now: Instant) {
         let due = self.status_dirty && now >= self.last_publish + PUBLISH_EVERY;
         if !self.routing_dirty && !due {
             return;
@@ -745,10 +760,20 @@ impl Prober {
                     .zip(&self.routing.backends)
                     .any(|(a, b)| a.addr != b.addr);
             if changed {
-                self.routing = Arc::new(Routing::new(routed));
-                info!(healthy = self.routing.backends.len(), "pool changed");
+                // A ring takes milliseconds to build (tens at a thousand backends): not on a
+                // runtime thread that also accepts connections.
+                let built = tokio::task::spawn_blocking(move || Routing::new(routed)).await;
+                match built {
+                    Ok(routing) => {
+                        let old = std::mem::replace(&mut self.routing, Arc::new(routing));
+                        self.retired.push(old);
+                        info!(healthy = self.routing.backends.len(), "pool changed");
+                    }
+                    Err(e) => warn!(error = %e, "building the ring failed; routing unchanged"),
+                }
             }
         }
+        self.free_retired();
         let members = self
             .members
             .values()

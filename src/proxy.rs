@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::{Key, Timeouts};
-use crate::pool::{self, Backend, Report, Routing};
+use crate::pool::{self, Backend, Report};
 use crate::upstream::{self, ConnectError, Returning};
 use crate::{admin, balancer, prober};
 
@@ -146,27 +146,25 @@ struct Worker {
     open: Arc<AtomicUsize>,
 }
 
-/// The worker's own copy of the routing, refreshed when the prober publishes a new one. Only
-/// the worker's thread locks it, so the lock is never contended.
+/// The worker's handle on the latest routing, refreshed when the prober publishes a new one.
+/// Only the worker's thread locks it, so the lock is never contended.
 struct LocalRouting {
     pool: pool::Reader,
-    /// The published routing the copy was made from, to tell a membership change from a
-    /// status-only snapshot.
-    source: Arc<Routing>,
-    copy: Arc<Routing>,
+    local: pool::Local,
 }
 
 impl Worker {
-    fn routing(&self) -> Arc<Routing> {
-        let mut local = self.routing.lock().unwrap_or_else(|e| e.into_inner());
-        if local.pool.has_changed().unwrap_or(false) {
-            let published = Arc::clone(&local.pool.borrow_and_update().routing);
-            if !Arc::ptr_eq(&published, &local.source) {
-                local.copy = Arc::new(Routing::clone(&published));
-                local.source = published;
+    fn routing(&self) -> pool::Local {
+        let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        // An atomic load per request; the snapshot's lock only when something was published,
+        // and a new handle only when the ring itself changed.
+        if r.pool.has_changed().unwrap_or(false) {
+            let published = Arc::clone(&r.pool.borrow_and_update().routing);
+            if !Arc::ptr_eq(&published, r.local.shared()) {
+                r.local = pool::Local::new(published);
             }
         }
-        Arc::clone(&local.copy)
+        r.local.clone()
     }
 }
 
@@ -254,7 +252,7 @@ impl Worker {
     /// Offers the request to the candidates in order, per the retry rule in the module doc.
     async fn send(
         &self,
-        routing: &Arc<Routing>,
+        routing: &pool::Local,
         hash: u64,
         req: Request<upstream::RequestBody>,
         replay: Option<(Method, Uri, HeaderMap)>,
@@ -540,8 +538,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
             upstream: Arc::clone(upstream),
             routing: std::sync::Mutex::new(LocalRouting {
                 pool: proxy.pool.clone(),
-                copy: Arc::new(Routing::clone(&published)),
-                source: published,
+                local: pool::Local::new(published),
             }),
             open: Arc::clone(&load),
         });
