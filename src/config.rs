@@ -774,14 +774,14 @@ mod tests {
     fn routed_ranges_are_refused_unless_allowed() {
         let attached: Vec<IpNet> = vec![
             "127.0.0.0/8".parse().unwrap(),
-            "10.1.0.0/16".parse().unwrap(),
+            "198.51.100.0/24".parse().unwrap(),
         ];
-        let c = parse("discovery: {subnets: [10.1.2.0/24]}").unwrap();
+        let c = parse("discovery: {subnets: [198.51.100.128/25]}").unwrap();
         assert!(c.check_attached(&attached).is_ok());
-        let c = parse("discovery: {subnets: [10.2.0.0/24]}").unwrap();
+        let c = parse("discovery: {subnets: [203.0.113.0/24]}").unwrap();
         let err = c.check_attached(&attached).unwrap_err().to_string();
         assert!(err.contains("allow_routed: true"), "{err}");
-        let c = parse("discovery: {subnets: [10.2.0.0/24], allow_routed: true}").unwrap();
+        let c = parse("discovery: {subnets: [203.0.113.0/24], allow_routed: true}").unwrap();
         assert!(c.check_attached(&attached).is_ok());
     }
 
