@@ -71,6 +71,12 @@ struct Page {
 #[derive(serde::Deserialize)]
 struct Health {
     healthy: usize,
+    backends: Vec<Member>,
+}
+
+#[derive(serde::Deserialize)]
+struct Member {
+    addr: String,
 }
 
 struct Client {
@@ -103,28 +109,40 @@ impl Client {
     }
 }
 
-async fn wait_healthy(
+/// Polls `/_lb/health` until `done` says yes; how long that took.
+async fn wait_for(
     http: &reqwest::Client,
     base: &str,
-    want: usize,
+    what: &str,
     within: Duration,
+    done: impl Fn(&Health) -> bool,
 ) -> Result<Duration, Error> {
     let start = Instant::now();
     loop {
         if let Ok(resp) = http.get(format!("{base}/_lb/health")).send().await {
             if let Ok(h) = resp.json::<Health>().await {
-                if h.healthy == want {
+                if done(&h) {
                     return Ok(start.elapsed());
                 }
             }
         }
         if start.elapsed() > within {
             return Err(Error::Timeout(format!(
-                "the pool did not reach {want} healthy backends within {within:?}"
+                "{what} did not happen within {within:?}"
             )));
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+async fn wait_healthy(
+    http: &reqwest::Client,
+    base: &str,
+    want: usize,
+    within: Duration,
+) -> Result<Duration, Error> {
+    let what = format!("reaching {want} healthy backends");
+    wait_for(http, base, &what, within, |h| h.healthy == want).await
 }
 
 pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(), Error> {
@@ -231,10 +249,17 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
             println!(
                 "of the 30 others, {kept} kept their backend and session; {moved} had been on {addr} and moved"
             );
-            let took =
-                wait_healthy(&probe, &base, backends.len() - 1, Duration::from_secs(10)).await?;
+            let gone = addr.to_string();
+            let took = wait_for(
+                &probe,
+                &base,
+                &format!("{addr} leaving"),
+                Duration::from_secs(10),
+                |h| h.backends.iter().all(|b| b.addr != gone),
+            )
+            .await?;
             println!(
-                "the prober confirmed {addr} gone {:.1}s later",
+                "{addr} was out of routing at once; the prober's checks confirmed it gone {:.1}s later",
                 took.as_secs_f64()
             );
             let revived = start_backend(addr, &tasks, &shutdown).await?;
