@@ -39,6 +39,7 @@ LISTEN = {
     "sweeplb": ("127.80.9.1", 18000),
     "haproxy": ("127.80.9.2", 18000),
     "nginx": ("127.80.9.3", 18000),
+    "baseline": ("127.80.9.8", 18000),  # another sweeplb build, with --baseline
     "direct": BACKEND,
 }
 SWEEP_PORT = 19000
@@ -291,11 +292,11 @@ discovery:
     return conf
 
 
-def start_sweeplb(procs, name, conf):
-    out = subprocess.run([SWEEPLB, "--config", conf, "check"], capture_output=True, text=True)
+def start_sweeplb(procs, name, conf, binary=SWEEPLB):
+    out = subprocess.run([binary, "--config", conf, "check"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"bench: {conf} is refused by sweeplb check:\n{out.stdout}{out.stderr}")
-    return procs.start(name, [SWEEPLB, "--config", conf], env={"RUST_LOG": "info"})
+    return procs.start(name, [binary, "--config", conf], env={"RUST_LOG": "info"})
 
 
 # ---- wrk ----
@@ -353,7 +354,7 @@ def stub_accepts():
     return int(body.split(b"\n")[2].split()[0])
 
 
-def proxy_part(procs, work, quick):
+def proxy_part(procs, work, quick, baseline=None):
     ip, port = BACKEND
     backend = start_nginx(procs, work, "backend", 1, f"""
     server {{
@@ -370,14 +371,18 @@ def proxy_part(procs, work, quick):
     # Health checks are rare here (rise 1 joins on the first sweep) so that sweeplb's probes do
     # not show up in the backend's accept count while another proxy is measured: at most one
     # a minute, against tens of thousands of requests a round.
-    conf = sweeplb_conf(work, "sweeplb", LISTEN["sweeplb"], PROXY_RANGE, port, """  check_interval: 60s
+    def sweeplb(name, binary):
+        conf = sweeplb_conf(work, name, LISTEN[name], PROXY_RANGE, port, """  check_interval: 60s
   sweep_interval: 2s
   timeout: 500ms
   rise: 1
 timeouts:
   idle: 300s
 """)
-    lb = start_sweeplb(procs, "sweeplb", conf)
+        return start_sweeplb(procs, name, conf, binary)
+
+    lb = sweeplb("sweeplb", SWEEPLB)
+    base = sweeplb("baseline", baseline) if baseline else None
     hconf = haproxy_conf(work, "haproxy", f"""
 frontend fe
     bind {LISTEN['haproxy'][0]}:{LISTEN['haproxy'][1]}
@@ -407,18 +412,19 @@ backend be
     }}
 """, LISTEN["nginx"])
     wait_port(LISTEN["haproxy"])
-    wait_port(LISTEN["sweeplb"])
-
-    # sweeplb must find its backend itself.
-    end = time.monotonic() + 15
-    while True:
-        h = lb_health(LISTEN["sweeplb"])
-        if h["healthy"] == 1 and h["backends"][0]["addr"] == f"{ip}:{port}":
-            break
-        if time.monotonic() > end:
-            raise SystemExit(f"bench: sweeplb did not discover {ip}:{port} in {PROXY_RANGE}: {h}")
-        time.sleep(0.1)
-    log(f"sweeplb discovered {ip}:{port} by sweeping {PROXY_RANGE}")
+    balancers = ["sweeplb"] + (["baseline"] if base else [])
+    for name in balancers:
+        wait_port(LISTEN[name])
+        # sweeplb must find its backend itself.
+        end = time.monotonic() + 15
+        while True:
+            h = lb_health(LISTEN[name])
+            if h["healthy"] == 1 and h["backends"][0]["addr"] == f"{ip}:{port}":
+                break
+            if time.monotonic() > end:
+                raise SystemExit(f"bench: {name} did not discover {ip}:{port} in {PROXY_RANGE}: {h}")
+            time.sleep(0.1)
+        log(f"{name} discovered {ip}:{port} by sweeping {PROXY_RANGE}")
 
     targets = [
         Target("direct", LISTEN["direct"], lambda: []),
@@ -426,6 +432,8 @@ backend be
         Target("haproxy", LISTEN["haproxy"], lambda: [hap.pid]),
         Target("nginx", LISTEN["nginx"], lambda: family(ng.pid)),
     ]
+    if base:
+        targets.append(Target("baseline", LISTEN["baseline"], lambda: [base.pid]))
     proxies = [t for t in targets if t.pids]
     for t in targets:
         status, body, _ = http_get(t.addr, "/", {"Cookie": "sweeplb=bench"})
@@ -436,13 +444,13 @@ backend be
         before_cpu = cpu_ticks(t.pids) if t.pids else 0
         before_be = cpu_ticks([backend.pid] + children(backend.pid))
         before_acc = stub_accepts()
-        before_lb = lb_health(LISTEN["sweeplb"])["upstream"] if t.name == "sweeplb" else None
+        before_lb = lb_health(LISTEN[t.name])["upstream"] if t.name in balancers else None
         r = wrk(t.addr, conns, seconds, header)
         after_acc = stub_accepts()
         r["cpu_s"] = (cpu_ticks(t.pids) - before_cpu) / CLK_TCK if t.pids else float("nan")
         r["backend_cpu_s"] = (cpu_ticks([backend.pid] + children(backend.pid)) - before_be) / CLK_TCK
-        if t.name == "sweeplb":
-            after_lb = lb_health(LISTEN["sweeplb"])["upstream"]
+        if t.name in balancers:
+            after_lb = lb_health(LISTEN[t.name])["upstream"]
             r["new_conns"] = after_lb["connects"] - before_lb["connects"]
             r["reused"] = after_lb["reused"] - before_lb["reused"]
         else:
@@ -489,7 +497,8 @@ backend be
         c1000[t.name] = r
     hwm1000 = {t.name: hwm_kib(t.pids) for t in proxies}
     return {"results": results, "hwm64": hwm64, "hwm1000": hwm1000, "c1000": c1000, "fresh": fresh,
-            "rounds": rounds, "secs64": secs64, "secs1": secs1, "stop": [lb, hap, ng, backend]}
+            "rounds": rounds, "secs64": secs64, "secs1": secs1,
+            "names": [t.name for t in targets], "stop": [p for p in (lb, base, hap, ng, backend) if p]}
 
 
 # ---- part 2: sweep ----
@@ -819,7 +828,7 @@ def report(args, p1, p2, p3, ring_text):
         w("| target | req/s c=64 | p50 c=64 | p99 c=64 | p50 c=1 | p99 c=1 | proxy CPU/req | "
           "new upstream conns / 1000 req | peak RSS c=64 | peak RSS c=1000 |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        names = ["direct", "sweeplb", "haproxy", "nginx"]
+        names = p1["names"]
         for n in names:
             a, b = R[(n, 64)], R[(n, 1)]
             cpu = med([r["cpu_s"] / r["requests"] * 1e6 for r in a]) if n != "direct" else None
@@ -850,12 +859,19 @@ def report(args, p1, p2, p3, ring_text):
         w("")
         w("| target | throughput c=64 | CPU/request | p99 overhead over direct c=64 | p50 overhead over direct c=1 |")
         w("|---|---:|---:|---:|---:|")
-        for n in ("sweeplb", "nginx", "haproxy"):
+        for n in [n for n in names if n != "direct"]:
             t = ratios(n, "rps")
             c = cpu_ratio(n)
             w(f"| {n} | {med(t):.2f}× ({min(t):.2f}–{max(t):.2f}) | {med(c):.2f}× ({min(c):.2f}–{max(c):.2f}) | "
               f"{med(overhead(n, 'p99', 64)):+.3f} ms | {med(overhead(n, 'p50', 1)):+.3f} ms |")
         w("")
+        if "baseline" in names:
+            t = ratios("sweeplb", "rps", base="baseline")
+            c = [(x["cpu_s"] / x["requests"]) / (y["cpu_s"] / y["requests"])
+                 for x, y in zip(R[("sweeplb", 64)], R[("baseline", 64)]) if y["cpu_s"]]
+            w(f"This build against the baseline build (`--baseline`), per round: throughput "
+              f"{med(t):.2f}× ({min(t):.2f}–{max(t):.2f}), CPU/request {med(c):.2f}× ({min(c):.2f}–{max(c):.2f}).")
+            w("")
         fr = p1["fresh"]
         fs = [r for n, r in fr if n == "sweeplb"]
         fh = [r for n, r in fr if n == "haproxy"]
@@ -974,6 +990,7 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ring")
     ap.add_argument("--parts", default="proxy,sweep,react")
+    ap.add_argument("--baseline", help="another sweeplb binary to measure alongside in the proxy part")
     args = ap.parse_args()
     procs = Procs(args.work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -982,7 +999,7 @@ def main():
     t0 = time.monotonic()
     try:
         if "proxy" in parts:
-            p1 = proxy_part(procs, args.work, args.quick)
+            p1 = proxy_part(procs, args.work, args.quick, args.baseline)
             for p in p1.pop("stop"):
                 procs.stop(p)
             log(f"proxy part done at {time.monotonic() - t0:.0f}s")
