@@ -67,6 +67,8 @@ pub struct Timeouts {
     pub response: Duration,
     pub idle: Duration,
     pub header_read: Duration,
+    /// The longest pause inside a request or response body being streamed.
+    pub body: Duration,
     /// How long in-flight requests may run after SIGTERM before they are cut off.
     pub shutdown: Duration,
 }
@@ -263,6 +265,7 @@ struct RawTimeouts {
     response: Option<String>,
     idle: Option<String>,
     header_read: Option<String>,
+    body: Option<String>,
     shutdown: Option<String>,
 }
 
@@ -524,12 +527,14 @@ impl Validator {
         let response = self.duration("timeouts.response", raw.response, "30s");
         let idle = self.duration("timeouts.idle", raw.idle, "60s");
         let header_read = self.duration("timeouts.header_read", raw.header_read, "10s");
+        let body = self.duration("timeouts.body", raw.body, "30s");
         let shutdown = self.duration("timeouts.shutdown", raw.shutdown, "10s");
         Some(Timeouts {
             connect: connect?,
             response: response?,
             idle: idle?,
             header_read: header_read?,
+            body: body?,
             shutdown: shutdown?,
         })
     }
@@ -615,6 +620,7 @@ mod tests {
         assert!(!c.discovery.allow_routed);
         assert_eq!(c.balance.key, Key::Cookie("sweeplb".into()));
         assert_eq!(c.timeouts.header_read, Duration::from_secs(10));
+        assert_eq!(c.timeouts.body, Duration::from_secs(30));
         assert_eq!(c.address_count(), 254);
     }
 

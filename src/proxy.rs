@@ -5,6 +5,10 @@
 //! certain the backend did not act on it (the connection could not be made, or hyper handed
 //! the unsent request back), or when it is idempotent, has an empty body and nothing has been
 //! sent to the client yet. Errors become statuses in exactly one place, [`Error::respond`].
+//!
+//! A request that asks to switch protocols (`Connection: upgrade`, a WebSocket handshake, say)
+//! is forwarded with its `Upgrade` header; if the backend answers 101, the two sockets are
+//! joined into a tunnel that lives until either side closes it.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -19,15 +23,17 @@ use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Key, Timeouts};
 use crate::pool::{self, Backend, Report};
-use crate::upstream::{self, ConnectError, Returning};
+use crate::upstream::{self, ConnectError, Paced, Returning, Stalled};
 use crate::{admin, balancer, prober};
 
 /// What the client receives: a backend's streamed body, or one of ours.
@@ -52,6 +58,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const UPGRADE: HeaderValue = HeaderValue::from_static("upgrade");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -74,6 +81,10 @@ pub enum Error {
     },
     #[error("backend {addr} left the pool while the request was in flight")]
     Gone { addr: SocketAddr },
+    #[error("the client's request body stalled on its way to {addr}")]
+    ClientStalled { addr: SocketAddr },
+    #[error("backend {addr} switched protocols on a request that did not ask to")]
+    UnaskedUpgrade { addr: SocketAddr },
 }
 
 impl Error {
@@ -87,7 +98,11 @@ impl Error {
                 StatusCode::GATEWAY_TIMEOUT,
                 "the backend did not answer in time",
             ),
-            Error::Backend { .. } | Error::Gone { .. } => {
+            Error::ClientStalled { .. } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            ),
+            Error::Backend { .. } | Error::Gone { .. } | Error::UnaskedUpgrade { .. } => {
                 (StatusCode::BAD_GATEWAY, "the backend failed")
             }
         };
@@ -144,6 +159,8 @@ struct Worker {
     routing: std::sync::Mutex<LocalRouting>,
     /// Client connections this worker serves; the acceptor reads it to pick a worker.
     open: Arc<AtomicUsize>,
+    /// The worker's client connections and tunnels, drained at shutdown.
+    drain: Drain,
 }
 
 /// The worker's handle on the latest routing, refreshed when the prober publishes a new one.
@@ -224,7 +241,13 @@ impl Worker {
             Err(Error::NoBackend)
         } else {
             let (mut parts, body) = req.into_parts();
+            let upgrade = upgrade_asked(&parts)
+                .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
             prepare_request(&mut parts, client.peer, client.peer_ip.as_ref());
+            if let Some((protocol, _)) = &upgrade {
+                parts.headers.insert(header::CONNECTION, UPGRADE.clone());
+                parts.headers.insert(header::UPGRADE, protocol.clone());
+            }
             let replay = (is_idempotent(&parts.method) && body.is_end_stream()).then(|| {
                 (
                     parts.method.clone(),
@@ -232,14 +255,19 @@ impl Worker {
                     parts.headers.clone(),
                 )
             });
+            let body = Paced::new(body, self.proxy.timeouts.body);
             let req = Request::from_parts(parts, Either::Left(body));
-            self.send(&routing, hash, req, replay).await
+            self.send(&routing, hash, req, replay, upgrade.map(|(_, on)| on))
+                .await
         };
         let mut resp = match result {
             Ok(resp) => resp,
             Err(e) => e.respond(),
         };
-        strip_hop_by_hop(resp.headers_mut());
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A tunnel's response keeps its own `Connection: upgrade`.
+            strip_hop_by_hop(resp.headers_mut());
+        }
         if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.proxy.key) {
             let value = format!("{name}={cookie}; Path=/; HttpOnly; SameSite=Lax");
             if let Ok(v) = HeaderValue::from_str(&value) {
@@ -256,6 +284,7 @@ impl Worker {
         hash: u64,
         req: Request<upstream::RequestBody>,
         replay: Option<(Method, Uri, HeaderMap)>,
+        mut upgrade: Option<OnUpgrade>,
     ) -> Result<Response<ResponseBody>, Error> {
         let mut req = Some(req);
         let mut next = || -> Option<Request<upstream::RequestBody>> {
@@ -299,14 +328,26 @@ impl Worker {
                 )
                 .await;
                 match outcome {
+                    Waited::Response(Ok(resp))
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        let Some(client) = upgrade.take() else {
+                            return Err(Error::UnaskedUpgrade { addr });
+                        };
+                        return Ok(self.tunnel(resp, client, conn, guard));
+                    }
                     Waited::Response(Ok(resp)) => {
                         let (parts, body) = resp.into_parts();
+                        let body = Paced::new(body, self.proxy.timeouts.body);
                         let body = Returning::new(body, conn, Arc::clone(upstream), guard);
                         return Ok(Response::from_parts(parts, Either::Left(body)));
                     }
                     Waited::Response(Err(mut e)) => {
                         unsent = e.take_message();
                         let error = e.into_error();
+                        if Stalled::caused(&error) {
+                            return Err(Error::ClientStalled { addr });
+                        }
                         if unsent.is_none() && replay.is_none() {
                             return Err(Error::Backend {
                                 addr,
@@ -354,6 +395,45 @@ impl Worker {
             },
             None => Error::NoBackend,
         })
+    }
+
+    /// The backend agreed to switch protocols: answers the client's 101 and, once hyper has
+    /// handed over both sockets, copies bytes both ways until either side closes. The
+    /// upstream connection is the tunnel's from now on, never returned to the pool.
+    fn tunnel(
+        &self,
+        mut resp: Response<Incoming>,
+        client: OnUpgrade,
+        conn: upstream::Conn,
+        guard: pool::InflightGuard,
+    ) -> Response<ResponseBody> {
+        let addr = conn.addr;
+        let backend = hyper::upgrade::on(&mut resp);
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(header::CONNECTION, UPGRADE.clone());
+        if let Some(protocol) = protocol {
+            parts.headers.insert(header::UPGRADE, protocol);
+        }
+        self.drain.spawn(async move {
+            let _in_flight = guard;
+            let (client, backend) = match tokio::try_join!(client, backend) {
+                Ok(both) => both,
+                Err(e) => {
+                    debug!(%addr, error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            // hyper hands the sockets over only after both sides are done with HTTP.
+            drop(conn);
+            let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+            match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+                Ok((up, down)) => debug!(%addr, up, down, "tunnel closed"),
+                Err(e) => debug!(%addr, error = %e, "tunnel ended"),
+            }
+        });
+        Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
     }
 
     fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {
@@ -436,6 +516,23 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(k, v)| *k == name && !v.is_empty())
         .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// The protocol an HTTP/1.1 request asks to switch to: its `Upgrade` header, when
+/// `Connection` names `upgrade` (RFC 9110 §7.8).
+fn upgrade_asked(parts: &http::request::Parts) -> Option<HeaderValue> {
+    if parts.version != Version::HTTP_11 {
+        return None;
+    }
+    let protocol = parts.headers.get(header::UPGRADE)?;
+    parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| protocol.clone())
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -541,6 +638,7 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>, shutdown: Cancellat
                 local: pool::Local::new(published),
             }),
             open: Arc::clone(&load),
+            drain: Drain::new(),
         });
         let shutdown = shutdown.clone();
         let i = index;
@@ -600,7 +698,6 @@ async fn work(
     shutdown: CancellationToken,
 ) {
     let timeouts = &worker.proxy.timeouts;
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timer is what makes `header_read_timeout` real: without one hyper silently skips it.
     http.timer(TokioTimer::new())
@@ -641,18 +738,15 @@ async fn work(
             async move { Ok::<_, Infallible>(client.worker.handle(req, &client).await) }
         });
         let open = Arc::clone(&worker.open);
-        serve_connection(&http, &graceful, stream, peer, service, move || {
+        serve_connection(&http, &worker.drain, stream, peer, service, move || {
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
-    if tokio::time::timeout(timeouts.shutdown, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if !worker.drain.wait(timeouts.shutdown).await {
         warn!(
             connections = worker.open.load(Ordering::Relaxed),
             deadline = ?timeouts.shutdown,
-            "shutdown deadline cut off connections with requests still in flight"
+            "shutdown deadline cut off connections with requests in flight or open tunnels"
         );
     } else {
         debug!("worker drained");
@@ -685,11 +779,63 @@ pub(crate) async fn accept(
     }
 }
 
-/// Serves one connection with `service` on the current runtime, under `graceful` so that it
-/// can be drained; `done` runs when the connection ends.
+/// The connections (and tunnels) one server runs, so that shutdown can ask each to finish what
+/// it is doing and wait for them.
+///
+/// Each connection is told to stop through a oneshot of its own. Every poll of a connection
+/// also polls its stop signal, and a oneshot is polled with atomics alone, where a shared
+/// cancellation token takes locks: watching the token per connection cost 4-7% of throughput.
+pub(crate) struct Drain {
+    tasks: TaskTracker,
+    stops: Arc<std::sync::Mutex<Stops>>,
+}
+
+#[derive(Default)]
+struct Stops {
+    next: u64,
+    open: std::collections::HashMap<u64, tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drain {
+    pub(crate) fn new() -> Drain {
+        Drain {
+            tasks: TaskTracker::new(),
+            stops: Arc::default(),
+        }
+    }
+
+    fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+
+    /// A stop signal for a new connection, and the key that forgets it when it ends.
+    fn register(&self) -> (u64, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut stops = self.stops.lock().unwrap_or_else(|e| e.into_inner());
+        stops.next += 1;
+        let id = stops.next;
+        stops.open.insert(id, tx);
+        (id, rx)
+    }
+
+    /// At shutdown: asks every connection to finish (an idle one closes at once, a busy one
+    /// after its response), then waits for them and the tunnels to end, at most `deadline`;
+    /// false if some were still open when it passed.
+    pub(crate) async fn wait(&self, deadline: Duration) -> bool {
+        let stops = std::mem::take(&mut self.stops.lock().unwrap_or_else(|e| e.into_inner()).open);
+        drop(stops);
+        self.tasks.close();
+        tokio::time::timeout(deadline, self.tasks.wait())
+            .await
+            .is_ok()
+    }
+}
+
+/// Serves one connection with `service` on the current runtime, in `drain`: at shutdown an
+/// idle connection is closed and a busy one after its response. `done` runs when it ends.
 pub(crate) fn serve_connection<S, B>(
     http: &hyper::server::conn::http1::Builder,
-    graceful: &hyper_util::server::graceful::GracefulShutdown,
+    drain: &Drain,
     stream: TcpStream,
     peer: SocketAddr,
     service: S,
@@ -702,9 +848,28 @@ pub(crate) fn serve_connection<S, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
+    let conn = http
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    let (id, stop) = drain.register();
+    let stops = Arc::clone(&drain.stops);
+    drain.spawn(async move {
+        tokio::pin!(conn);
+        let ended = tokio::select! {
+            biased;
+            ended = conn.as_mut() => ended,
+            // Sent or dropped: either way, the server is shutting down.
+            _ = stop => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        };
+        stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .remove(&id);
+        if let Err(e) = ended {
             debug!(%peer, error = %e, "client connection ended with an error");
         }
         done();

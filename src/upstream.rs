@@ -22,7 +22,9 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 /// The body sent upstream: the client's streamed body, or nothing (for a retried request).
-pub type RequestBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+pub type RequestBody = http_body_util::Either<Paced<Incoming>, http_body_util::Empty<Bytes>>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Idle connections kept per backend and worker; more than this are closed when returned.
 /// At 256, a burst of 1,000 concurrent clients churned a new upstream connection every ~40
@@ -107,9 +109,10 @@ impl Pool {
         let (send, conn) = hyper::client::conn::http1::Builder::new()
             .handshake(TokioIo::new(stream))
             .await?;
-        // The connection task ends when its `SendRequest` is dropped or the peer closes.
+        // The connection task ends when its `SendRequest` is dropped or the peer closes, or
+        // hands the socket over when the backend switches protocols (a WebSocket, say).
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(%addr, error = %e, "upstream connection ended");
             }
         });
@@ -155,13 +158,100 @@ impl Pool {
     }
 }
 
+/// A body, from the client or from a backend, paused longer than `timeouts.body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the body stalled for {0:?}")]
+pub struct Stalled(pub Duration);
+
+impl Stalled {
+    /// Whether `error` was caused, anywhere down its chain, by a stalled body.
+    pub fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut e = Some(error);
+        while let Some(cause) = e {
+            if cause.is::<Stalled>() {
+                return true;
+            }
+            e = cause.source();
+        }
+        false
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streamed body that fails with [`Stalled`] when no frame comes for `limit`. The timer
+    /// is made only the first time the body has to wait, so a body that is already there when
+    /// it is read (most are) costs no timer at all.
+    pub struct Paced<B> {
+        #[pin]
+        inner: B,
+        limit: Duration,
+        stall: Option<Pin<Box<tokio::time::Sleep>>>,
+        progressed: bool,
+    }
+}
+
+impl<B> Paced<B> {
+    pub fn new(inner: B, limit: Duration) -> Paced<B> {
+        Paced {
+            inner,
+            limit,
+            stall: None,
+            progressed: false,
+        }
+    }
+}
+
+impl<B> Body for Paced<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.progressed = true;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = *this.limit;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if std::mem::take(this.progressed) {
+                    // The clock restarts with each wait, not with each frame.
+                    stall.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 pin_project_lite::pin_project! {
     /// A backend's response body on its way to the client. When it has been read to the end
     /// the connection goes back to the pool; dropped before that, the connection is closed,
     /// since the rest of the response would still be on the wire.
     pub struct Returning {
         #[pin]
-        inner: Incoming,
+        inner: Paced<Incoming>,
         conn: Option<Conn>,
         pool: Arc<Pool>,
         guard: Option<crate::pool::InflightGuard>,
@@ -181,7 +271,7 @@ pin_project_lite::pin_project! {
 
 impl Returning {
     pub fn new(
-        inner: Incoming,
+        inner: Paced<Incoming>,
         conn: Conn,
         pool: Arc<Pool>,
         guard: crate::pool::InflightGuard,
@@ -197,19 +287,29 @@ impl Returning {
 
 impl Body for Returning {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
-        if let Poll::Ready(None) = polled {
-            if let Some(conn) = this.conn.take() {
-                this.pool.checkin(conn);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(conn) = this.conn.take() {
+                    this.pool.checkin(conn);
+                }
+                this.guard.take();
             }
-            this.guard.take();
+            Poll::Ready(Some(Err(e))) => {
+                // The rest of the response is lost: close the connection, cut the client's.
+                if let Some(conn) = this.conn.take() {
+                    tracing::warn!(addr = %conn.addr, error = %e, "response body cut off");
+                }
+                this.guard.take();
+            }
+            _ => {}
         }
         polled
     }

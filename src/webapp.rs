@@ -164,7 +164,7 @@ fn backend_header(resp: &mut Response<Full<Bytes>>, local: SocketAddr) {
 /// Serves the webapp on `listener` until `shutdown`; open connections are then closed
 /// gracefully.
 pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: CancellationToken) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let drain = crate::proxy::Drain::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30));
@@ -177,9 +177,9 @@ pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: Cancellation
             let app = Arc::clone(&app);
             async move { Ok::<_, Infallible>(app.handle(req, local).await) }
         });
-        crate::proxy::serve_connection(&http, &graceful, stream, peer, service, || {});
+        crate::proxy::serve_connection(&http, &drain, stream, peer, service, || {});
     })
     .await;
     drop(listener);
-    let _ = tokio::time::timeout(Duration::from_secs(5), graceful.shutdown()).await;
+    drain.wait(Duration::from_secs(5)).await;
 }

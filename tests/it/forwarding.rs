@@ -1,10 +1,13 @@
 //! Forwarding: headers added and removed, bodies streamed both ways, connect failures going to
 //! the fallback backend, and errors mapped to 502/503/504.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{Balancer, Net, addrs, client, custom, text, webapp};
 
@@ -285,4 +288,208 @@ async fn keep_alive_connections_to_backends_are_reused() {
     assert!(reused >= 198, "{reused} reused");
     assert_eq!(h["backends"][0]["requests"], 200);
     lb.stop().await;
+}
+
+/// A backend that switches to a line-echo protocol on `Upgrade: echo`: it first says which
+/// backend it is, then sends every line back.
+async fn upgrading(
+    mut req: http::Request<hyper::body::Incoming>,
+    ip: std::net::IpAddr,
+) -> http::Response<Full<Bytes>> {
+    if req.headers().get("upgrade").map(|v| v.as_bytes()) != Some(b"echo") {
+        return text(200, "plain");
+    }
+    let forwarded_for = req.headers().get("x-forwarded-for").cloned();
+    let on = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = on.await else { return };
+        let mut io = hyper_util::rt::TokioIo::new(upgraded);
+        let hello = format!("{ip} for {forwarded_for:?}\n");
+        if io.write_all(hello.as_bytes()).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = io.read(&mut buf).await {
+            if io.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut resp = text(101, "");
+    resp.headers_mut()
+        .insert("upgrade", "echo".parse().unwrap());
+    resp.headers_mut()
+        .insert("connection", "upgrade".parse().unwrap());
+    resp
+}
+
+/// Reads a response head off a raw socket: the status line and headers, lower-cased.
+async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            s.read(&mut byte).await.unwrap(),
+            1,
+            "closed mid-head: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_becomes_a_tunnel_to_the_users_backend() {
+    let net = Net::new(47);
+    let backends: Vec<_> = [10, 11, 12]
+        .into_iter()
+        .map(|i| {
+            let ip = net.ip(i);
+            custom(net.addr(i), move |req| upgrading(req, ip))
+        })
+        .collect();
+    let lb = Balancer::start(&net.config("", "")).await;
+    lb.wait_healthy(&addrs(&backends), Duration::from_secs(5))
+        .await;
+
+    for user in ["alice", "bob", "carol", "dave"] {
+        // Where this user's plain requests go...
+        let plain = client()
+            .get(lb.url("/"))
+            .header("cookie", format!("sweeplb={user}"))
+            .send()
+            .await
+            .unwrap();
+        let home = plain.headers()["x-backend-ip"]
+            .to_str()
+            .unwrap()
+            .to_string();
+
+        // ...is where its tunnel goes.
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        let ask = format!(
+            "GET /chat HTTP/1.1\r\nHost: shop.test\r\nConnection: keep-alive, Upgrade\r\n\
+             Upgrade: echo\r\nCookie: sweeplb={user}\r\n\r\n"
+        );
+        s.write_all(ask.as_bytes()).await.unwrap();
+        let head = read_head(&mut s).await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(head.contains("\r\nupgrade: echo\r\n"), "{head}");
+        assert!(head.contains("\r\nconnection: upgrade\r\n"), "{head}");
+        let mut tunnel = tokio::io::BufReader::new(s);
+        let mut line = String::new();
+        tunnel.read_line(&mut line).await.unwrap();
+        assert_eq!(
+            line,
+            format!("{home} for Some(\"127.0.0.1\")\n"),
+            "user {user}"
+        );
+        for msg in ["ping\n", "a longer line, twice over the tunnel\n"] {
+            tunnel.get_mut().write_all(msg.as_bytes()).await.unwrap();
+            line.clear();
+            tunnel.read_line(&mut line).await.unwrap();
+            assert_eq!(line, msg);
+        }
+    }
+
+    // A backend that does not switch answers as to any request, and the client's connection
+    // stays an HTTP one.
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let ask = "GET / HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: other\r\n\
+               Cookie: sweeplb=erin\r\n\r\n";
+    s.write_all(ask.as_bytes()).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("\r\nupgrade:"), "{head}");
+    lb.stop().await;
+}
+
+/// A raw backend: answers `/health`; on `/stall` sends a head promising 100 bytes, sends 10
+/// and hangs; on `/upload` reads what it is sent. It records whether the balancer closed the
+/// stalled connection.
+fn stalling(addr: std::net::SocketAddr) -> (tokio::task::JoinHandle<()>, Arc<AtomicBool>) {
+    let closed = Arc::new(AtomicBool::new(false));
+    let seen = Arc::clone(&closed);
+    let task = tokio::spawn(async move {
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(n @ 1..) => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                if head.starts_with(b"GET /health ") {
+                    let _ = s
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        )
+                        .await;
+                } else if head.starts_with(b"GET /stall ") {
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+                        .await;
+                    // Hang; the balancer hanging up is what ends this.
+                    while let Ok(1..) = s.read(&mut buf).await {}
+                    seen.store(true, Ordering::SeqCst);
+                } else {
+                    // An upload: wait for a body that never comes whole.
+                    while let Ok(1..) = s.read(&mut buf).await {}
+                }
+            });
+        }
+    });
+    (task, closed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stalls_is_cut_off_after_the_body_timeout() {
+    let net = Net::new(48);
+    let (backend, closed) = stalling(net.addr(10));
+    let lb = Balancer::start(&net.config("", "timeouts:\n  body: 300ms\n")).await;
+    lb.wait_healthy(&[net.addr(10)], Duration::from_secs(5))
+        .await;
+
+    // A response body that stops halfway: the client sees the response cut, not a hang
+    // (its own timeout is far longer), and the backend connection is closed.
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let resp = c.get(lb.url("/stall")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let cut = resp
+        .bytes()
+        .await
+        .expect_err("a 100-byte body with 10 sent");
+    assert!(!cut.is_timeout(), "the client gave up first: {cut:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !closed.load(Ordering::SeqCst) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled backend connection stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // A request body that stops halfway: 408, and the connection is closed.
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: shop.test\r\ncontent-length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(20), read_head(&mut s))
+        .await
+        .expect("an answer, not a hang");
+    assert!(head.starts_with("http/1.1 408"), "{head}");
+    lb.stop().await;
+    backend.abort();
 }

@@ -160,7 +160,8 @@ where
                     }
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service);
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
                 tokio::select! {
                     _ = conn => {}
                     _ = token.cancelled() => {}
