@@ -8,6 +8,8 @@
 //! - [`balancer`]: the consistent-hash ring; pure, synchronous, no I/O.
 //! - [`proxy`]: accepts clients, picks backends from the ring, forwards, maps errors to statuses.
 //! - [`upstream`]: keep-alive connections to backends, pooled per backend.
+//! - [`head_deadline`]: a client's request head must be whole within `header_read` of its first
+//!   byte, while an idle keep-alive connection may wait `idle`.
 //! - [`admin`]: `/_lb/health`, read-only over the snapshot.
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
 //!
@@ -28,6 +30,7 @@ pub mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
+pub mod head_deadline;
 pub mod pool;
 pub mod prober;
 pub mod proxy;

@@ -32,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::config::{Key, Timeouts};
+use crate::head_deadline::{self, Head, Tracked};
 use crate::pool::{self, Backend, Report};
 use crate::upstream::{self, ConnectError, Paced, Returning, Stalled};
 use crate::{admin, balancer, prober};
@@ -699,9 +700,11 @@ async fn work(
 ) {
     let timeouts = &worker.proxy.timeouts;
     let mut http = hyper::server::conn::http1::Builder::new();
-    // The timer is what makes `header_read_timeout` real: without one hyper silently skips it.
+    // hyper's head timer runs from when a connection starts waiting, so it is given the idle
+    // allowance; `header_read` is counted from a head's first byte (see `head_deadline`). The
+    // timer is what makes `header_read_timeout` real: without one hyper silently skips it.
     http.timer(TokioTimer::new())
-        .header_read_timeout(timeouts.header_read)
+        .header_read_timeout(timeouts.idle.max(timeouts.header_read))
         .keep_alive(true);
     let reaper = {
         let (pool, shutdown) = (Arc::clone(&worker.upstream), shutdown.clone());
@@ -728,6 +731,8 @@ async fn work(
             worker.open.fetch_sub(1, Ordering::Relaxed);
             continue;
         };
+        let head = Head::new(timeouts.header_read);
+        let io = head_deadline::Watched::new(stream, Arc::clone(&head));
         let client = Arc::new(Client {
             peer,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
@@ -735,10 +740,18 @@ async fn work(
         });
         let service = service_fn(move |req| {
             let client = Arc::clone(&client);
-            async move { Ok::<_, Infallible>(client.worker.handle(req, &client).await) }
+            let done = head.request_started();
+            let head = Arc::clone(&head);
+            async move {
+                let resp = client.worker.handle(req, &client).await;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    head.stop_watching();
+                }
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, done)))
+            }
         });
         let open = Arc::clone(&worker.open);
-        serve_connection(&http, &worker.drain, stream, peer, service, move || {
+        serve_connection(&http, &worker.drain, io, peer, service, move || {
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }
@@ -833,14 +846,15 @@ impl Drain {
 
 /// Serves one connection with `service` on the current runtime, in `drain`: at shutdown an
 /// idle connection is closed and a busy one after its response. `done` runs when it ends.
-pub(crate) fn serve_connection<S, B>(
+pub(crate) fn serve_connection<I, S, B>(
     http: &hyper::server::conn::http1::Builder,
     drain: &Drain,
-    stream: TcpStream,
+    stream: I,
     peer: SocketAddr,
     service: S,
     done: impl FnOnce() + Send + 'static,
 ) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -195,3 +195,49 @@ fn a_routed_range_is_refused_unless_allow_routed() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains(net), "{out}");
 }
+
+/// Reads one response with a `content-length` off a raw socket; its status line.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed mid-head");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a content-length");
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).await.unwrap();
+    head.lines().next().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_client_waits_idle_not_header_read() {
+    let net = Net::new(62);
+    let backend = webapp(net.addr(10));
+    let lb =
+        Balancer::start(&net.config("", "timeouts:\n  header_read: 300ms\n  idle: 2s\n")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let get = b"GET / HTTP/1.1\r\nHost: shop.test\r\nCookie: sweeplb=idle\r\n\r\n";
+    s.write_all(get).await.unwrap();
+    assert_eq!(read_response(&mut s).await, "http/1.1 200 ok");
+    // Three times header_read between requests, well within idle: the connection still serves.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    s.write_all(get).await.unwrap();
+    assert_eq!(read_response(&mut s).await, "http/1.1 200 ok");
+    // Left idle, it is closed (after `idle`); bounded at 10 s.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "an idle connection was not closed: {closed:?}"
+    );
+    lb.stop().await;
+}
