@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Balancer, Net, addrs, client, custom, text, webapp};
+use crate::support::{Balancer, Net, addrs, client, custom, read_head, text, webapp};
 
 /// A backend that describes the request it got, and answers with hop-by-hop headers of its own.
 async fn echo(req: http::Request<hyper::body::Incoming>) -> http::Response<Full<Bytes>> {
@@ -321,21 +321,6 @@ async fn upgrading(
     resp.headers_mut()
         .insert("connection", "upgrade".parse().unwrap());
     resp
-}
-
-/// Reads a response head off a raw socket: the status line and headers, lower-cased.
-async fn read_head(s: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(
-            s.read(&mut byte).await.unwrap(),
-            1,
-            "closed mid-head: {head:?}"
-        );
-        head.push(byte[0]);
-    }
-    String::from_utf8_lossy(&head).to_lowercase()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

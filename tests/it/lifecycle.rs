@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Balancer, Net, client, custom, text, webapp};
+use crate::support::{Balancer, Net, client, custom, read_head, text, webapp};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dribbling_its_request_head_is_cut_off() {
@@ -198,13 +198,7 @@ fn a_routed_range_is_refused_unless_allow_routed() {
 
 /// Reads one response with a `content-length` off a raw socket; its status line.
 async fn read_response(s: &mut tokio::net::TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut byte).await.unwrap(), 1, "closed mid-head");
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8_lossy(&head).to_lowercase();
+    let head = read_head(s).await;
     let len: usize = head
         .lines()
         .find_map(|l| l.strip_prefix("content-length: "))

@@ -330,3 +330,18 @@ pub async fn users(balancer: &Balancer, n: usize) -> Vec<User> {
 pub async fn round(users: &[User]) -> Vec<Result<Page, String>> {
     futures::future::join_all(users.iter().map(User::get)).await
 }
+
+/// Reads a response head off a raw socket: the status line and headers, lower-cased.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(s, &mut byte).await.unwrap(),
+            1,
+            "closed mid-head: {head:?}"
+        );
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).to_lowercase()
+}
