@@ -389,6 +389,42 @@ async fn an_upgrade_becomes_a_tunnel_to_the_users_backend() {
     lb.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_tunnel_lasts_into_shutdown_and_is_closed_at_its_deadline() {
+    let net = Net::new(49);
+    let ip = net.ip(10);
+    let backend = custom(net.addr(10), move |req| upgrading(req, ip));
+    let lb = Balancer::start(&net.config("", "timeouts:\n  shutdown: 2s\n")).await;
+    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
+        .await;
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_head(&mut s).await.starts_with("http/1.1 101"));
+    let mut tunnel = tokio::io::BufReader::new(s);
+    let mut line = String::new();
+    tunnel.read_line(&mut line).await.unwrap();
+
+    // Shutdown begins: the tunnel is left to its users...
+    let stopped = tokio::spawn(lb.stop());
+    tunnel.get_mut().write_all(b"still here\n").await.unwrap();
+    line.clear();
+    tunnel.read_line(&mut line).await.unwrap();
+    assert_eq!(line, "still here\n");
+    // ...until the deadline, when it is closed and the balancer exits.
+    line.clear();
+    let end = tokio::time::timeout(Duration::from_secs(10), tunnel.read_line(&mut line)).await;
+    assert!(
+        matches!(end, Ok(Ok(0)) | Ok(Err(_))),
+        "the tunnel outlived the shutdown deadline: {end:?}"
+    );
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("run() returned")
+        .unwrap();
+}
+
 /// A raw backend: answers `/health`; on `/stall` sends a head promising 100 bytes, sends 10
 /// and hangs; on `/upload` reads what it is sent. It records whether the balancer closed the
 /// stalled connection.
