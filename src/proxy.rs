@@ -835,8 +835,12 @@ impl Drain {
     /// after its response), then waits for them and the tunnels to end, at most `deadline`;
     /// false if some were still open when it passed.
     pub(crate) async fn wait(&self, deadline: Duration) -> bool {
-        let stops = std::mem::take(&mut self.stops.lock().unwrap_or_else(|e| e.into_inner()).open);
-        drop(stops);
+        // Dropping a connection's sender is its signal.
+        self.stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .clear();
         self.tasks.close();
         tokio::time::timeout(deadline, self.tasks.wait())
             .await

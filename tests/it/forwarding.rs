@@ -394,7 +394,7 @@ async fn an_open_tunnel_lasts_into_shutdown_and_is_closed_at_its_deadline() {
     let net = Net::new(49);
     let ip = net.ip(10);
     let backend = custom(net.addr(10), move |req| upgrading(req, ip));
-    let lb = Balancer::start(&net.config("", "timeouts:\n  shutdown: 2s\n")).await;
+    let lb = Balancer::start(&net.config("", "timeouts:\n  shutdown: 5s\n")).await;
     lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
         .await;
     let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
@@ -406,8 +406,18 @@ async fn an_open_tunnel_lasts_into_shutdown_and_is_closed_at_its_deadline() {
     let mut line = String::new();
     tunnel.read_line(&mut line).await.unwrap();
 
-    // Shutdown begins: the tunnel is left to its users...
+    // Shutdown begins (the listener is closed)...
+    let addr = lb.addr;
     let stopped = tokio::spawn(lb.stop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still accepting after stop"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // ...and the tunnel is left to its users...
     tunnel.get_mut().write_all(b"still here\n").await.unwrap();
     line.clear();
     tunnel.read_line(&mut line).await.unwrap();

@@ -185,8 +185,15 @@ fn a_routed_range_is_refused_unless_allow_routed() {
         "{err}"
     );
     assert!(err.contains("allow_routed: true"), "{err}");
-    let (code, _, err) = sweeplb(&["--config", path.to_str().unwrap()]);
+    // The balancer refuses it too. Its config also excludes the whole range, so that even if
+    // the refusal ever broke, nothing would be sent there.
+    let run = write_config(
+        "routed-run.yaml",
+        &format!("discovery:\n  subnets: [{net}]\n  exclude: [{net}]\n"),
+    );
+    let (code, _, err) = sweeplb(&["--config", run.to_str().unwrap()]);
     assert_eq!(code, 2, "{err}");
+    assert!(err.contains("allow_routed: true"), "{err}");
     let allowed = write_config(
         "allowed.yaml",
         &format!("discovery:\n  subnets: [{net}]\n  allow_routed: true\n"),
