@@ -1,19 +1,20 @@
 //! The `/_lb/*` endpoints, answered by the balancer itself and never forwarded. They only read
 //! the pool snapshot.
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
 use serde::Serialize;
 
+use crate::message::json;
 use crate::pool::Snapshot;
-use crate::proxy::{ResponseBody, json_response};
-use crate::upstream;
+use crate::proxy::UpstreamStats;
 
+/// The document `/_lb/health` answers.
 #[derive(Serialize)]
-struct Health<'a> {
+struct HealthView<'a> {
     status: &'static str,
     healthy: usize,
     backends: Vec<BackendView<'a>>,
@@ -69,13 +70,14 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-pub fn respond<B>(
+/// Answers a request for `/_lb` or below.
+pub(crate) fn respond<B>(
     req: &Request<B>,
     snapshot: &Snapshot,
-    upstream: &[Arc<upstream::Pool>],
-) -> Response<ResponseBody> {
+    upstream: &UpstreamStats,
+) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = json_response(
+        let mut resp = json(
             StatusCode::METHOD_NOT_ALLOWED,
             r#"{"error":"only GET and HEAD"}"#.to_string(),
         );
@@ -87,17 +89,17 @@ pub fn respond<B>(
         "/_lb/health" => health(snapshot, upstream),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
-        "/_lb/live" => json_response(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
-        _ => json_response(
+        "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
+        _ => json(
             StatusCode::NOT_FOUND,
             r#"{"error":"unknown endpoint; try /_lb/health or /_lb/live"}"#.to_string(),
         ),
     }
 }
 
-fn health(s: &Snapshot, upstream: &[Arc<upstream::Pool>]) -> Response<ResponseBody> {
+fn health(s: &Snapshot, upstream: &UpstreamStats) -> Response<Full<Bytes>> {
     let healthy = s.healthy();
-    let view = Health {
+    let view = HealthView {
         status: if healthy > 0 {
             "ok"
         } else {
@@ -136,15 +138,9 @@ fn health(s: &Snapshot, upstream: &[Arc<upstream::Pool>]) -> Response<ResponseBo
             finished: timestamp(r.finished),
         }),
         upstream: UpstreamView {
-            connects: upstream
-                .iter()
-                .map(|p| p.stats.connects.load(Ordering::Relaxed))
-                .sum(),
-            reused: upstream
-                .iter()
-                .map(|p| p.stats.reused.load(Ordering::Relaxed))
-                .sum(),
-            idle: upstream.iter().map(|p| p.idle_count()).sum(),
+            connects: upstream.connects,
+            reused: upstream.reused,
+            idle: upstream.idle,
         },
     };
     let status = if healthy > 0 {
@@ -154,5 +150,5 @@ fn health(s: &Snapshot, upstream: &[Arc<upstream::Pool>]) -> Response<ResponseBo
     };
     let body =
         serde_json::to_string_pretty(&view).unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#));
-    json_response(status, body)
+    json(status, body)
 }

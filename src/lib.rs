@@ -2,47 +2,61 @@
 //!
 //! Codemap, in the order data flows:
 //!
-//! - [`config`]: `config.yaml` parsed into a serde tree, validated into a typed [`Config`].
-//! - [`prober`]: sweeps the ranges, re-checks members, applies rise/fall; the pool's one writer.
-//! - [`pool`]: the immutable [`pool::Snapshot`] the prober publishes through a `watch` channel.
+//! - [`config`]: `config.yaml` parsed into a serde tree, validated into a typed [`Config`]
+//!   (`config/validate.rs`, including the routed-range rule).
+//! - `discovery`: the prober, the pool's one writer. `discovery/mod.rs` schedules sweeps and
+//!   member checks; `probe.rs` is one health check, `health.rs` the rise/fall hysteresis,
+//!   `targets.rs` the address walk and the balancer's own addresses (never probed).
+//! - `pool`: the immutable `Snapshot` the prober publishes through a `watch` channel.
 //! - [`balancer`]: the consistent-hash ring; pure, synchronous, no I/O.
-//! - [`proxy`]: accepts clients, picks backends from the ring, forwards, maps errors to statuses.
-//! - [`upstream`]: keep-alive connections to backends, pooled per backend.
-//! - [`head_deadline`]: a client's request head must be whole within `header_read` of its first
-//!   byte, while an idle keep-alive connection may wait `idle`.
-//! - [`admin`]: `/_lb/health`, read-only over the snapshot.
+//! - `proxy`: forwarding. `proxy/mod.rs` picks the backend and sends; `retry.rs` is the retry
+//!   rule as a table, `error.rs` maps failures to 502/503/504/408 (the empty-pool 503 too),
+//!   `headers.rs` the hop-by-hop and `X-Forwarded-*` rules, `upstream.rs` keep-alive
+//!   connections to backends, `body.rs` streamed bodies with their stall deadline.
+//! - `server`: connection plumbing for any service: accepting, worker threads, the request-head
+//!   deadline (`head_deadline.rs`), draining at shutdown (`drain.rs`).
+//! - `front`: the balancer's service: `/_lb/*` to `admin`, everything else to `proxy`.
+//! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
+//! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
+//!   small pieces several components share.
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
 //!
 //! Invariants:
 //!
 //! - Only the prober changes membership; the proxy and admin read snapshots and never mutate
 //!   them (they bump per-backend counters, which are statistics). The proxy's only way to
-//!   influence membership is a [`pool::Report`] that the prober weighs.
+//!   influence membership is a `pool::Report` that the prober weighs.
+//! - Imports point down the data flow: `server` knows no service, `proxy` and `admin` never
+//!   import each other, and only `front` and [`run`] see them both.
 //! - The ring is built on the write side when the routed set changes, never per request.
 //! - Placement hashes are seeded and stable, never `RandomState`: the same healthy set routes
 //!   the same way in every process, on every restart, on every replica.
 //! - The sweep never probes the balancer's own listening address, and never a range that is not
-//!   loopback or attached to the host unless `allow_routed` says so.
+//!   loopback or attached to the host unless `allow_routed` says so: a [`Config`] cannot exist
+//!   otherwise.
 //! - Memory grows with the number of responders, not with the size of the swept ranges.
 //! - Nothing panics on network or config input.
 
-pub mod admin;
+#![forbid(unsafe_code)]
+
+mod admin;
 pub mod balancer;
 pub mod config;
 pub mod demo;
-pub mod head_deadline;
-pub mod pool;
-pub mod prober;
-pub mod proxy;
-pub mod upstream;
+mod discovery;
+mod front;
+mod host;
+mod message;
+mod pool;
+mod proxy;
+mod server;
 pub mod webapp;
 
-use std::sync::Arc;
-
-pub use config::Config;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+pub use config::Config;
 
 /// Runs the balancer on `listener` until `shutdown` is cancelled, then drains in-flight
 /// requests within `timeouts.shutdown`. The prober keeps the pool current while draining.
@@ -56,25 +70,37 @@ pub async fn run(
     let (reports, reports_rx) = pool::reports();
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
-    tasks.spawn(prober::run(
+    tasks.spawn(discovery::run(
         config.discovery.clone(),
         listen,
         writer,
         reports_rx,
         prober_stop.clone(),
     ));
-    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let proxy = Arc::new(proxy::Proxy::new(
-        reader,
-        config.balance.key.clone(),
-        config.timeouts.clone(),
+    let timeouts = config.timeouts;
+    let settings = server::Settings {
+        name: "sweeplb-worker",
+        idle: timeouts.idle,
+        header_read: timeouts.header_read,
+        shutdown: timeouts.shutdown,
+    };
+    let (proxy, workers) = proxy::Proxy::new(
+        reader.clone(),
+        config.balance.key,
+        timeouts,
         reports,
-        workers,
-    ));
+        workers(),
+    );
     tracing::info!(%listen, "listening");
-    proxy::serve(listener, proxy, shutdown).await;
+    let fronts = front::Front::per_worker(&proxy, workers, &reader);
+    server::serve(listener, fronts, settings, shutdown).await;
     prober_stop.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// Worker threads a server runs: one per core.
+fn workers() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }

@@ -107,9 +107,9 @@ fn check(path: &std::path::Path) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(path, &e),
     };
-    let d = &config.discovery;
+    let d = config.discovery();
     println!("{}: ok", path.display());
-    println!("listen          {}", config.listen);
+    println!("listen          {}", config.listen());
     for net in &d.subnets {
         println!(
             "sweep           {net} ({} addresses)",
@@ -187,9 +187,9 @@ fn raise_fd_limit() {
 
 async fn balance(config: sweeplb::Config) -> anyhow::Result<()> {
     raise_fd_limit();
-    let listener = TcpListener::bind(config.listen)
+    let listener = TcpListener::bind(config.listen())
         .await
-        .with_context(|| format!("listen: cannot bind {}", config.listen))?;
+        .with_context(|| format!("listen: cannot bind {}", config.listen()))?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
     sweeplb::run(config, listener, shutdown).await?;

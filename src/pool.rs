@@ -18,12 +18,12 @@ use crate::balancer::{self, Ring};
 
 /// What the proxy and the admin endpoints hold: the latest snapshot, and a way to wait for the
 /// next one.
-pub type Reader = watch::Receiver<Arc<Snapshot>>;
+pub(crate) type Reader = watch::Receiver<Arc<Snapshot>>;
 
 /// The prober's half: the only writer.
-pub type Writer = watch::Sender<Arc<Snapshot>>;
+pub(crate) type Writer = watch::Sender<Arc<Snapshot>>;
 
-pub fn new() -> (Writer, Reader) {
+pub(crate) fn new() -> (Writer, Reader) {
     watch::channel(Arc::new(Snapshot::default()))
 }
 
@@ -41,8 +41,8 @@ struct Shard {
 /// One backend as long as it stays a member; the same `Arc` is carried from snapshot to
 /// snapshot so counters survive membership changes of others.
 #[derive(Debug)]
-pub struct Backend {
-    pub addr: SocketAddr,
+pub(crate) struct Backend {
+    pub(crate) addr: SocketAddr,
     counters: [Shard; SHARDS],
     /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
     /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
@@ -50,7 +50,7 @@ pub struct Backend {
 }
 
 impl Backend {
-    pub fn new(addr: SocketAddr) -> Backend {
+    pub(crate) fn new(addr: SocketAddr) -> Backend {
         Backend {
             addr,
             counters: Default::default(),
@@ -58,21 +58,21 @@ impl Backend {
         }
     }
 
-    pub fn requests(&self) -> u64 {
+    pub(crate) fn requests(&self) -> u64 {
         self.counters
             .iter()
             .map(|s| s.requests.load(Ordering::Relaxed))
             .sum()
     }
 
-    pub fn inflight(&self) -> u64 {
+    pub(crate) fn inflight(&self) -> u64 {
         self.counters
             .iter()
             .map(|s| s.inflight.load(Ordering::Relaxed))
             .sum()
     }
 
-    pub fn gone(&self) -> &CancellationToken {
+    pub(crate) fn gone(&self) -> &CancellationToken {
         &self.gone
     }
 }
@@ -81,7 +81,7 @@ impl Backend {
 /// [`Local`] handle rather than the backend, so holding it touches no reference count that
 /// another core also writes.
 #[derive(Debug)]
-pub struct InflightGuard {
+pub(crate) struct InflightGuard {
     local: Local,
     index: usize,
     shard: usize,
@@ -103,20 +103,20 @@ impl Drop for InflightGuard {
 #[derive(Debug, Clone)]
 // The extra allocation is the point: the outer count is this worker's alone.
 #[allow(clippy::redundant_allocation)]
-pub struct Local(Arc<Arc<Routing>>);
+pub(crate) struct Local(Arc<Arc<Routing>>);
 
 impl Local {
-    pub fn new(shared: Arc<Routing>) -> Local {
+    pub(crate) fn new(shared: Arc<Routing>) -> Local {
         Local(Arc::new(shared))
     }
 
     /// The published routing this handle wraps.
-    pub fn shared(&self) -> &Arc<Routing> {
+    pub(crate) fn shared(&self) -> &Arc<Routing> {
         &self.0
     }
 
     /// Counts a request to `backends[index]` from worker `worker` until the guard drops.
-    pub fn begin_request(&self, index: usize, worker: usize) -> InflightGuard {
+    pub(crate) fn begin_request(&self, index: usize, worker: usize) -> InflightGuard {
         let shard = worker % SHARDS;
         if let Some(b) = self.backends.get(index) {
             b.counters[shard].requests.fetch_add(1, Ordering::Relaxed);
@@ -140,9 +140,9 @@ impl std::ops::Deref for Local {
 
 /// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
 #[derive(Debug)]
-pub struct Routing {
-    pub backends: Vec<Arc<Backend>>,
-    pub ring: Ring,
+pub(crate) struct Routing {
+    pub(crate) backends: Vec<Arc<Backend>>,
+    pub(crate) ring: Ring,
 }
 
 impl Default for Routing {
@@ -154,7 +154,7 @@ impl Default for Routing {
 impl Routing {
     /// Builds the ring over `backends`, which the caller gives in address order (the ring
     /// itself does not depend on the order).
-    pub fn new(backends: Vec<Arc<Backend>>) -> Routing {
+    pub(crate) fn new(backends: Vec<Arc<Backend>>) -> Routing {
         let ids: Vec<u64> = backends
             .iter()
             .map(|b| balancer::backend_hash(b.addr.to_string().as_bytes()))
@@ -164,15 +164,10 @@ impl Routing {
             backends,
         }
     }
-
-    /// The backends to try for `key_hash`, best first.
-    pub fn candidates(&self, key_hash: u64) -> impl Iterator<Item = &Arc<Backend>> + '_ {
-        self.ring.candidates(key_hash).map(|i| &self.backends[i])
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Answered, but fewer than `rise` times in a row; not routed yet.
     Joining,
     /// Routed.
@@ -183,7 +178,7 @@ pub enum State {
 }
 
 impl State {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Joining => "joining",
             State::Healthy => "healthy",
@@ -194,55 +189,55 @@ impl State {
 
 /// A member's status as the admin endpoint shows it.
 #[derive(Debug, Clone)]
-pub struct Member {
-    pub backend: Arc<Backend>,
-    pub state: State,
-    pub routed: bool,
+pub(crate) struct Member {
+    pub(crate) backend: Arc<Backend>,
+    pub(crate) state: State,
+    pub(crate) routed: bool,
     /// When it entered `state`.
-    pub since: SystemTime,
-    pub last_check: Option<Duration>,
-    pub consecutive_ok: u32,
-    pub consecutive_fail: u32,
-    pub last_error: Option<String>,
+    pub(crate) since: SystemTime,
+    pub(crate) last_check: Option<Duration>,
+    pub(crate) consecutive_ok: u32,
+    pub(crate) consecutive_fail: u32,
+    pub(crate) last_error: Option<String>,
 }
 
 #[derive(Debug, Clone)]
-pub struct Departure {
-    pub addr: SocketAddr,
-    pub at: SystemTime,
-    pub reason: String,
+pub(crate) struct Departure {
+    pub(crate) addr: SocketAddr,
+    pub(crate) at: SystemTime,
+    pub(crate) reason: String,
 }
 
 #[derive(Debug, Clone)]
-pub struct SweepReport {
+pub(crate) struct SweepReport {
     /// Addresses covered by the round: the ranges less exclusions. Members are covered by their
     /// own checks rather than probed again.
-    pub addresses: u64,
+    pub(crate) addresses: u64,
     /// Addresses that answered: new ones the round found, plus the members it passed over.
-    pub found: u64,
-    pub duration: Duration,
-    pub finished: SystemTime,
+    pub(crate) found: u64,
+    pub(crate) duration: Duration,
+    pub(crate) finished: SystemTime,
 }
 
 #[derive(Debug, Default)]
-pub struct Snapshot {
-    pub routing: Arc<Routing>,
+pub(crate) struct Snapshot {
+    pub(crate) routing: Arc<Routing>,
     /// Every member, joining, healthy or leaving, in address order.
-    pub members: Vec<Member>,
+    pub(crate) members: Vec<Member>,
     /// Newest first.
-    pub recently_left: Vec<Departure>,
-    pub last_sweep: Option<SweepReport>,
+    pub(crate) recently_left: Vec<Departure>,
+    pub(crate) last_sweep: Option<SweepReport>,
 }
 
 impl Snapshot {
-    pub fn healthy(&self) -> usize {
+    pub(crate) fn healthy(&self) -> usize {
         self.routing.backends.len()
     }
 }
 
 /// What the proxy tells the prober about real traffic.
 #[derive(Debug)]
-pub enum Report {
+pub(crate) enum Report {
     /// A real request could not connect: take the backend out of routing now; the prober
     /// confirms with its own checks.
     ConnectFailed { addr: SocketAddr, reason: String },
@@ -250,7 +245,7 @@ pub enum Report {
 
 /// Bounded so that a storm of failures cannot grow memory; a report that does not fit is
 /// dropped, since the first one for a backend already took it out of routing.
-pub fn reports() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
+pub(crate) fn reports() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
     mpsc::channel(1024)
 }
 

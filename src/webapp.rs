@@ -8,7 +8,6 @@
 //! It is deliberately simple: no persistence, and the session table is bounded by clearing it.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,12 +17,13 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
+
+use crate::message;
+use crate::server::{self, Client, Service};
 
 /// The session cookie, named after the one of the Express app this replaces.
 pub const SESSION_COOKIE: &str = "webapp.sid";
@@ -81,7 +81,7 @@ impl Webapp {
     }
 
     fn index(&self, req: &Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
-        let existing = crate::proxy::cookie(req.headers(), SESSION_COOKIE).map(str::to_string);
+        let existing = message::cookie(req.headers(), SESSION_COOKIE).map(str::to_string);
         let (id, views, fresh) = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
             match existing.filter(|id| sessions.contains_key(id)) {
@@ -146,13 +146,7 @@ impl Webapp {
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(value.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
+    message::json(status, value.to_string())
 }
 
 fn backend_header(resp: &mut Response<Full<Bytes>>, local: SocketAddr) {
@@ -161,25 +155,28 @@ fn backend_header(resp: &mut Response<Full<Bytes>>, local: SocketAddr) {
     }
 }
 
+/// The webapp as a server sees it.
+struct Served(Arc<Webapp>);
+
+impl Service for Served {
+    type Body = Full<Bytes>;
+
+    async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<Full<Bytes>> {
+        self.0.handle(req, client.local).await
+    }
+}
+
 /// Serves the webapp on `listener` until `shutdown`; open connections are then closed
 /// gracefully.
 pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: CancellationToken) {
-    let drain = crate::proxy::Drain::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
-    crate::proxy::accept(&listener, &shutdown, |stream, peer| {
-        let Ok(local) = stream.local_addr() else {
-            return;
-        };
-        let app = Arc::clone(&app);
-        let service = service_fn(move |req| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(app.handle(req, local).await) }
-        });
-        crate::proxy::serve_connection(&http, &drain, stream, peer, service, || {});
-    })
-    .await;
-    drop(listener);
-    drain.wait(Duration::from_secs(5)).await;
+    let settings = server::Settings {
+        name: "webapp",
+        idle: Duration::from_secs(30),
+        header_read: Duration::from_secs(30),
+        shutdown: Duration::from_secs(5),
+    };
+    let services = (0..crate::workers())
+        .map(|_| Arc::new(Served(Arc::clone(&app))))
+        .collect();
+    server::serve(listener, services, settings, shutdown).await;
 }

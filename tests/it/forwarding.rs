@@ -136,18 +136,18 @@ async fn a_post_whose_backend_cannot_be_connected_goes_to_the_fallback_with_its_
 
     // Find, with the library's own ring, a cookie whose backend is .11, and the fallback it
     // should get. No request has gone to .11, so no warm connection to it hides the failure.
-    let routing = sweeplb::pool::Routing::new(
-        addrs(&backends)
-            .into_iter()
-            .map(|a| std::sync::Arc::new(sweeplb::pool::Backend::new(a)))
-            .collect(),
-    );
+    let members = addrs(&backends);
+    let ids: Vec<u64> = members
+        .iter()
+        .map(|a| sweeplb::balancer::backend_hash(a.to_string().as_bytes()))
+        .collect();
+    let ring = sweeplb::balancer::Ring::new(&ids);
     let (cookie, fallback) = (0..1000)
         .find_map(|i| {
             let key = format!("k{i}");
-            let order: Vec<_> = routing
+            let order: Vec<_> = ring
                 .candidates(sweeplb::balancer::key_hash(key.as_bytes()))
-                .map(|b| b.addr.ip().to_string())
+                .map(|i| members[i].ip().to_string())
                 .collect();
             (order[0] == net.ip(11).to_string())
                 .then(|| (format!("sweeplb={key}"), order[1].clone()))

@@ -1,0 +1,198 @@
+//! `config.yaml`: parsed into a serde-shaped `Raw` tree, then validated into a typed
+//! [`Config`] that cannot be built invalid.
+//!
+//! Every problem is collected (not just the first) and reported as one line that names the key
+//! and says what would be accepted, so an operator fixes a file in one pass. Nothing here
+//! touches the network; the one environmental check, that a swept range is loopback or attached
+//! to an interface, is part of validation wherever a config enters, and takes the host's
+//! networks as an argument inside so it can be tested.
+
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
+use std::path::Path;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+
+/// The largest number of addresses sweeplb agrees to walk, whatever the rate: a /8 of IPv4.
+/// Beyond this a sweep is a scan of someone else's network, not discovery of one's own.
+pub const MAX_ADDRESSES: u128 = 1 << 24;
+
+/// How much of a health response's body a probe reads, and so the longest `expect_body`.
+pub const PROBE_BODY_LIMIT: usize = 4096;
+
+/// A validated config. Built only by [`parse`] and [`load`], so whatever holds one holds a
+/// config that passed every check, the routed-range rule included.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub(crate) listen: SocketAddr,
+    pub(crate) discovery: Discovery,
+    pub(crate) balance: Balance,
+    pub(crate) timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Discovery {
+    pub subnets: Vec<IpNet>,
+    pub exclude: Vec<IpNet>,
+    pub port: u16,
+    pub health_path: String,
+    pub expect_status: RangeInclusive<u16>,
+    pub expect_body: Option<String>,
+    pub check_interval: Duration,
+    pub sweep_interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+    pub concurrency: usize,
+    pub allow_routed: bool,
+}
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Balance {
+    pub key: Key,
+}
+
+/// What a request is hashed by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// The value of this cookie; a request without it is given a fresh one.
+    Cookie(String),
+    /// The value of this request header.
+    Header(HeaderName),
+    /// The TCP peer's address (never a client-supplied `X-Forwarded-For`).
+    ClientIp,
+}
+
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Timeouts {
+    pub connect: Duration,
+    pub response: Duration,
+    pub idle: Duration,
+    pub header_read: Duration,
+    /// The longest pause inside a request or response body being streamed.
+    pub body: Duration,
+    /// How long in-flight requests may run after SIGTERM before they are cut off.
+    pub shutdown: Duration,
+}
+
+/// One line per problem, each naming the key and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub problems: Vec<Problem>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}: {}", p.key, p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    fn one(key: &str, message: impl Into<String>) -> Error {
+        Error {
+            problems: vec![Problem {
+                key: key.to_string(),
+                message: message.into(),
+            }],
+        }
+    }
+}
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::one("config", format!("cannot read {}: {e}", path.display())))?;
+    parse(&text)
+}
+
+/// Parses and validates a config, including the check that every swept range is loopback or
+/// attached to this host.
+pub fn parse(text: &str) -> Result<Config, Error> {
+    parse_for(text, &attached_networks())
+}
+
+/// The networks this host reaches without a router: loopback and every interface's subnet.
+pub fn attached_networks() -> Vec<IpNet> {
+    crate::host::networks().iter().map(IpNet::trunc).collect()
+}
+
+/// [`parse`] on a host attached to `attached`, so the routed-range rule can be tested.
+fn parse_for(text: &str, attached: &[IpNet]) -> Result<Config, Error> {
+    let raw: validate::Raw = serde_yaml::from_str(text).map_err(|e| {
+        // serde_yaml says "discovery: unknown field `x`, expected one of ... at line 3": lift
+        // the key path out so the line reads like every other problem.
+        let text = e.to_string();
+        match text.split_once(": ") {
+            Some((key, rest)) if !key.contains(' ') => Error::one(key, rest),
+            _ => Error::one("config", text),
+        }
+    })?;
+    let mut v = validate::Validator::new(attached);
+    let config = v.config(raw);
+    match config {
+        Some(c) if v.problems.is_empty() => Ok(c),
+        _ => Err(Error {
+            problems: v.problems,
+        }),
+    }
+}
+
+impl Config {
+    /// The address the balancer listens on.
+    pub fn listen(&self) -> SocketAddr {
+        self.listen
+    }
+
+    pub fn discovery(&self) -> &Discovery {
+        &self.discovery
+    }
+
+    /// The number of addresses the sweep walks (before exclusions).
+    pub fn address_count(&self) -> u128 {
+        self.discovery.subnets.iter().map(host_count).sum()
+    }
+}
+
+/// Addresses a sweep of `net` probes: an IPv4 subnet of /30 or wider leaves out its network
+/// and broadcast addresses, as `ipnet`'s `hosts()` does.
+pub fn host_count(net: &IpNet) -> u128 {
+    match net {
+        IpNet::V4(n) => {
+            let all = 1u128 << (32 - n.prefix_len());
+            if n.prefix_len() <= 30 { all - 2 } else { all }
+        }
+        IpNet::V6(n) => {
+            let bits = 128 - u32::from(n.prefix_len());
+            if bits >= 127 {
+                u128::MAX
+            } else {
+                1u128 << bits
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,213 @@
+//! Validation as a table: every accepted form, every refusal naming its key.
+
+use super::*;
+
+const MINIMAL: &str = "discovery:\n  subnets: [127.77.0.0/24]\n";
+
+fn problems(yaml: &str) -> Vec<String> {
+    match parse(yaml) {
+        Ok(_) => vec![],
+        Err(e) => e
+            .problems
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect(),
+    }
+}
+
+#[test]
+fn defaults_fill_everything_but_subnets() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.discovery.port, 3000);
+    assert_eq!(c.discovery.health_path, "/health");
+    assert_eq!(c.discovery.expect_status, 200..=399);
+    assert_eq!(c.discovery.check_interval, Duration::from_secs(1));
+    assert_eq!(c.discovery.sweep_interval, Duration::from_secs(2));
+    assert_eq!(c.discovery.timeout, Duration::from_millis(500));
+    assert_eq!((c.discovery.rise, c.discovery.fall), (2, 2));
+    assert_eq!(c.discovery.concurrency, 256);
+    assert!(!c.discovery.allow_routed);
+    assert_eq!(c.balance.key, Key::Cookie("sweeplb".into()));
+    assert_eq!(c.timeouts.header_read, Duration::from_secs(10));
+    assert_eq!(c.timeouts.body, Duration::from_secs(30));
+    assert_eq!(c.address_count(), 254);
+}
+
+#[test]
+fn the_repository_config_is_valid() {
+    parse(include_str!("../../config.yaml")).unwrap();
+}
+
+#[test]
+fn each_invalid_value_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "discovery: {subnets: [127.77.0.0/33]}",
+            "discovery.subnets: \"127.77.0.0/33\" is not a CIDR",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.1/24]}",
+            "discovery.subnets: 127.77.0.1/24 has host bits set",
+        ),
+        ("discovery: {subnets: []}", "discovery.subnets: empty"),
+        ("discovery: {port: 3000}", "discovery.subnets: missing"),
+        (
+            "discovery: {subnets: [127.77.0.0/24], port: 0}",
+            "discovery.port: 0 is out of range; expected 1-65535",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], port: 70000}",
+            "discovery.port: 70000 is out of range",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], rise: 0}",
+            "discovery.rise: 0 is out of range; expected 1-100",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], fall: 0}",
+            "discovery.fall: 0 is out of range",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], concurrency: 0}",
+            "discovery.concurrency: 0 is out of range",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], timeout: 1s}",
+            "discovery.timeout: 1s must be shorter than discovery.check_interval",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], timeout: soon}",
+            "discovery.timeout: \"soon\" is not a duration",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], check_interval: 0s}",
+            "discovery.check_interval: 0 is not allowed",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], health_path: health}",
+            "discovery.health_path: \"health\" is not a request path",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], expect_status: 99}",
+            "discovery.expect_status: 99 is not a status or range",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], expect_status: 399-200}",
+            "discovery.expect_status: \"399-200\"",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], expect_body: ''}",
+            "discovery.expect_body: empty",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], exclude: [nope]}",
+            "discovery.exclude: \"nope\" is not a CIDR",
+        ),
+        (
+            "discovery: {subnets: [127.0.0.0/8]}",
+            "discovery.subnets: 16777214 addresses cannot be swept every 2s",
+        ),
+        (
+            "discovery: {subnets: ['::/64']}",
+            "discovery.subnets: ::/64 has 18446744073709551616 addresses; at most",
+        ),
+        (
+            "listen: localhost\ndiscovery: {subnets: [127.77.0.0/24]}",
+            "listen: \"localhost\" is not an address",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: hash}",
+            "balance.key: \"hash\" is not a key",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:'}",
+            "balance.key: \"header:\" is not a key",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie: 'a b'}",
+            "balance.cookie: \"a b\" is not a cookie name",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\ntimeouts: {idle: -1s}",
+            "timeouts.idle: \"-1s\" is not a duration",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], color: blue}",
+            "discovery: unknown field `color`, expected one of `subnets`",
+        ),
+        (
+            "listen: [1, 2]\n",
+            "listen: invalid type: sequence, expected a string",
+        ),
+        ("listen: \"open\ndiscovery: {}\n", "config: "),
+    ];
+    for (yaml, expected) in cases {
+        let got = problems(yaml);
+        assert!(
+            got.iter().any(|p| p.starts_with(expected)),
+            "for {yaml:?} expected a problem starting {expected:?}, got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let got = problems("discovery: {subnets: [127.77.0.0/24], port: 0, rise: 0, fall: 0}");
+    assert_eq!(got.len(), 3, "{got:?}");
+}
+
+#[test]
+fn status_accepts_a_code_or_a_range() {
+    let c = parse("discovery: {subnets: [127.77.0.0/24], expect_status: 204}").unwrap();
+    assert_eq!(c.discovery.expect_status, 204..=204);
+    let c = parse("discovery: {subnets: [127.77.0.0/24], expect_status: '200-204'}").unwrap();
+    assert_eq!(c.discovery.expect_status, 200..=204);
+}
+
+#[test]
+fn key_modes() {
+    let c =
+        parse("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:X-User'}").unwrap();
+    assert_eq!(
+        c.balance.key,
+        Key::Header(HeaderName::from_static("x-user"))
+    );
+    let c = parse("discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: client_ip}").unwrap();
+    assert_eq!(c.balance.key, Key::ClientIp);
+}
+
+#[test]
+fn a_large_range_is_accepted_when_the_rate_allows_it() {
+    let yaml = "discovery: {subnets: [127.78.0.0/16], concurrency: 16384, timeout: 500ms, check_interval: 1s, sweep_interval: 2s}";
+    assert_eq!(parse(yaml).unwrap().address_count(), 65534);
+}
+
+#[test]
+fn routed_ranges_are_refused_unless_allowed() {
+    let attached: Vec<IpNet> = vec![
+        "127.0.0.0/8".parse().unwrap(),
+        "198.51.100.0/24".parse().unwrap(),
+    ];
+    assert!(parse_for("discovery: {subnets: [198.51.100.128/25]}", &attached).is_ok());
+    let err = parse_for("discovery: {subnets: [203.0.113.0/24]}", &attached)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("discovery.subnets: 203.0.113.0/24 is neither loopback nor a network"),
+        "{err}"
+    );
+    assert!(err.contains("allow_routed: true"), "{err}");
+    let allowed = "discovery: {subnets: [203.0.113.0/24], allow_routed: true}";
+    assert!(parse_for(allowed, &attached).is_ok());
+}
+
+#[test]
+fn host_counts() {
+    let n = |s: &str| host_count(&s.parse().unwrap());
+    assert_eq!(n("127.77.0.0/24"), 254);
+    assert_eq!(n("127.77.0.0/31"), 2);
+    assert_eq!(n("127.77.0.5/32"), 1);
+    assert_eq!(n("::1/128"), 1);
+    assert_eq!(n("fd00::/120"), 256);
+}

@@ -1,0 +1,407 @@
+//! Validation: the serde-shaped `Raw` tree (every field optional, so defaults and errors are
+//! ours) and the [`Validator`] that turns it into a [`Config`], collecting every problem.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use http::HeaderName;
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use super::{
+    Balance, Config, Discovery, Key, MAX_ADDRESSES, PROBE_BODY_LIMIT, Problem, Timeouts, host_count,
+};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct Raw {
+    listen: Option<String>,
+    discovery: RawDiscovery,
+    balance: RawBalance,
+    timeouts: RawTimeouts,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDiscovery {
+    subnets: Option<Vec<String>>,
+    exclude: Option<Vec<String>>,
+    port: Option<i64>,
+    health_path: Option<String>,
+    expect_status: Option<StatusSpec>,
+    expect_body: Option<String>,
+    check_interval: Option<String>,
+    sweep_interval: Option<String>,
+    timeout: Option<String>,
+    rise: Option<i64>,
+    fall: Option<i64>,
+    concurrency: Option<i64>,
+    allow_routed: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StatusSpec {
+    Code(i64),
+    Text(String),
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawBalance {
+    key: Option<String>,
+    cookie: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawTimeouts {
+    connect: Option<String>,
+    response: Option<String>,
+    idle: Option<String>,
+    header_read: Option<String>,
+    body: Option<String>,
+    shutdown: Option<String>,
+}
+
+/// Collects every problem while it validates, so all are reported at once.
+pub(super) struct Validator<'a> {
+    pub(super) problems: Vec<Problem>,
+    /// The host's attached networks, for the routed-range rule.
+    attached: &'a [IpNet],
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(attached: &'a [IpNet]) -> Validator<'a> {
+        Validator {
+            problems: Vec::new(),
+            attached,
+        }
+    }
+
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    pub(super) fn config(&mut self, raw: Raw) -> Option<Config> {
+        let listen = self.listen(raw.listen.as_deref().unwrap_or("127.0.0.1:8080"));
+        let discovery = self.discovery(raw.discovery);
+        let balance = self.balance(raw.balance);
+        let timeouts = self.timeouts(raw.timeouts);
+        let config = Config {
+            listen: listen?,
+            discovery: discovery?,
+            balance: balance?,
+            timeouts: timeouts?,
+        };
+        self.cross_checks(&config);
+        Some(config)
+    }
+
+    fn listen(&mut self, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) if a.port() != 0 => Some(a),
+            Ok(_) => {
+                self.problem("listen", "port 0 is not a listening port; expected 1-65535");
+                None
+            }
+            Err(_) => {
+                self.problem(
+                    "listen",
+                    format!("{text:?} is not an address; expected IP:PORT like 0.0.0.0:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn discovery(&mut self, raw: RawDiscovery) -> Option<Discovery> {
+        let subnets = match raw.subnets {
+            None => {
+                self.problem(
+                    "discovery.subnets",
+                    "missing; expected a list of CIDRs like [172.20.0.0/24]",
+                );
+                None
+            }
+            Some(list) if list.is_empty() => {
+                self.problem("discovery.subnets", "empty; expected at least one CIDR");
+                None
+            }
+            Some(list) => self.cidrs("discovery.subnets", &list, true),
+        };
+        let exclude = self.cidrs("discovery.exclude", &raw.exclude.unwrap_or_default(), false);
+        let port = self.int("discovery.port", raw.port.unwrap_or(3000), 1, 65535);
+        let health_path = self.path(raw.health_path.unwrap_or_else(|| "/health".into()));
+        let expect_status = self.status(
+            raw.expect_status
+                .unwrap_or(StatusSpec::Text("200-399".into())),
+        );
+        let expect_body = match raw.expect_body {
+            Some(b) if b.is_empty() => {
+                self.problem(
+                    "discovery.expect_body",
+                    "empty; expected a non-empty substring, or null for no body check",
+                );
+                None
+            }
+            Some(b) if b.len() > PROBE_BODY_LIMIT => {
+                self.problem(
+                    "discovery.expect_body",
+                    format!("longer than the {PROBE_BODY_LIMIT} bytes of body a probe reads"),
+                );
+                None
+            }
+            b => Some(b),
+        };
+        let check_interval = self.duration("discovery.check_interval", raw.check_interval, "1s");
+        let sweep_interval = self.duration("discovery.sweep_interval", raw.sweep_interval, "2s");
+        let timeout = self.duration("discovery.timeout", raw.timeout, "500ms");
+        let rise = self.int("discovery.rise", raw.rise.unwrap_or(2), 1, 100);
+        let fall = self.int("discovery.fall", raw.fall.unwrap_or(2), 1, 100);
+        let concurrency = self.int(
+            "discovery.concurrency",
+            raw.concurrency.unwrap_or(256),
+            1,
+            65536,
+        );
+        Some(Discovery {
+            subnets: subnets?,
+            exclude: exclude?,
+            port: u16::try_from(port?).ok()?,
+            health_path: health_path?,
+            expect_status: expect_status?,
+            expect_body: expect_body?,
+            check_interval: check_interval?,
+            sweep_interval: sweep_interval?,
+            timeout: timeout?,
+            rise: u32::try_from(rise?).ok()?,
+            fall: u32::try_from(fall?).ok()?,
+            concurrency: usize::try_from(concurrency?).ok()?,
+            allow_routed: raw.allow_routed.unwrap_or(false),
+        })
+    }
+
+    fn cidrs(&mut self, key: &str, list: &[String], strict: bool) -> Option<Vec<IpNet>> {
+        let before = self.problems.len();
+        let mut nets = Vec::with_capacity(list.len());
+        for text in list {
+            // A bare address in `exclude` means that one address.
+            let parsed = text.parse::<IpNet>().or_else(|e| {
+                if strict {
+                    Err(e)
+                } else {
+                    text.parse::<IpAddr>().map(IpNet::from).map_err(|_| e)
+                }
+            });
+            match parsed {
+                Err(_) => self.problem(
+                    key,
+                    format!("{text:?} is not a CIDR; expected ADDRESS/PREFIX like 172.20.0.0/24"),
+                ),
+                Ok(net) if net != net.trunc() => self.problem(
+                    key,
+                    format!("{text} has host bits set; expected the network address {}", net.trunc()),
+                ),
+                Ok(net) if strict && host_count(&net) > MAX_ADDRESSES => self.problem(
+                    key,
+                    format!(
+                        "{net} has {} addresses; at most {MAX_ADDRESSES} (an IPv4 /8, an IPv6 /104) can be swept",
+                        display_count(host_count(&net))
+                    ),
+                ),
+                Ok(net) => nets.push(net),
+            }
+        }
+        (self.problems.len() == before).then_some(nets)
+    }
+
+    fn int(&mut self, key: &str, value: i64, min: i64, max: i64) -> Option<i64> {
+        if (min..=max).contains(&value) {
+            Some(value)
+        } else {
+            self.problem(
+                key,
+                format!("{value} is out of range; expected {min}-{max}"),
+            );
+            None
+        }
+    }
+
+    fn path(&mut self, path: String) -> Option<String> {
+        let valid = path.starts_with('/') && path.parse::<http::uri::PathAndQuery>().is_ok();
+        if valid {
+            Some(path)
+        } else {
+            self.problem(
+                "discovery.health_path",
+                format!(
+                    "{path:?} is not a request path; expected one starting with / like /health"
+                ),
+            );
+            None
+        }
+    }
+
+    fn status(&mut self, spec: StatusSpec) -> Option<RangeInclusive<u16>> {
+        const KEY: &str = "discovery.expect_status";
+        let accepted = "expected a status code like 200 or a range like 200-399, within 100-599";
+        let code = |v: i64| u16::try_from(v).ok().filter(|c| (100..=599).contains(c));
+        let range = match &spec {
+            StatusSpec::Code(c) => code(*c).map(|c| c..=c),
+            StatusSpec::Text(t) => match t.split_once('-') {
+                Some((lo, hi)) => {
+                    let lo = lo.trim().parse().ok().and_then(code);
+                    let hi = hi.trim().parse().ok().and_then(code);
+                    lo.zip(hi)
+                        .filter(|(lo, hi)| lo <= hi)
+                        .map(|(lo, hi)| lo..=hi)
+                }
+                None => t.trim().parse().ok().and_then(code).map(|c| c..=c),
+            },
+        };
+        if range.is_none() {
+            let shown = match spec {
+                StatusSpec::Code(c) => c.to_string(),
+                StatusSpec::Text(t) => format!("{t:?}"),
+            };
+            self.problem(KEY, format!("{shown} is not a status or range; {accepted}"));
+        }
+        range
+    }
+
+    fn duration(&mut self, key: &str, text: Option<String>, default: &str) -> Option<Duration> {
+        let text = text.unwrap_or_else(|| default.to_string());
+        match humantime::parse_duration(&text) {
+            Ok(d) if d.is_zero() => {
+                self.problem(
+                    key,
+                    "0 is not allowed; expected a positive duration like 500ms or 2s",
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration; expected e.g. 500ms, 2s, 1m"),
+                );
+                None
+            }
+        }
+    }
+
+    fn balance(&mut self, raw: RawBalance) -> Option<Balance> {
+        let cookie = raw.cookie.unwrap_or_else(|| "sweeplb".to_string());
+        let cookie_ok = !cookie.is_empty()
+            && cookie
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !cookie_ok {
+            self.problem(
+                "balance.cookie",
+                format!(
+                    "{cookie:?} is not a cookie name; expected letters, digits and !#$%&'*+-.^_`|~"
+                ),
+            );
+        }
+        let text = raw.key.unwrap_or_else(|| "cookie".to_string());
+        let key = match text.as_str() {
+            "cookie" => cookie_ok.then_some(Key::Cookie(cookie)),
+            "client_ip" => Some(Key::ClientIp),
+            other => match other.strip_prefix("header:").map(HeaderName::try_from) {
+                Some(Ok(name)) => Some(Key::Header(name)),
+                _ => {
+                    self.problem(
+                        "balance.key",
+                        format!("{text:?} is not a key; expected cookie, header:NAME or client_ip"),
+                    );
+                    None
+                }
+            },
+        };
+        Some(Balance { key: key? })
+    }
+
+    fn timeouts(&mut self, raw: RawTimeouts) -> Option<Timeouts> {
+        let connect = self.duration("timeouts.connect", raw.connect, "1s");
+        let response = self.duration("timeouts.response", raw.response, "30s");
+        let idle = self.duration("timeouts.idle", raw.idle, "60s");
+        let header_read = self.duration("timeouts.header_read", raw.header_read, "10s");
+        let body = self.duration("timeouts.body", raw.body, "30s");
+        let shutdown = self.duration("timeouts.shutdown", raw.shutdown, "10s");
+        Some(Timeouts {
+            connect: connect?,
+            response: response?,
+            idle: idle?,
+            header_read: header_read?,
+            body: body?,
+            shutdown: shutdown?,
+        })
+    }
+
+    fn cross_checks(&mut self, c: &Config) {
+        let d = &c.discovery;
+        if d.timeout >= d.check_interval {
+            self.problem(
+                "discovery.timeout",
+                format!(
+                    "{} must be shorter than discovery.check_interval ({}), or probes of one \
+                     member would overlap",
+                    humantime::format_duration(d.timeout),
+                    humantime::format_duration(d.check_interval)
+                ),
+            );
+        }
+        // Worst case every address times out: the sweep then needs this long per round.
+        let addresses = c.address_count();
+        let rounds = addresses.div_ceil(d.concurrency as u128);
+        let worst = d.timeout.as_secs_f64() * rounds as f64;
+        if worst > d.sweep_interval.as_secs_f64() {
+            let needed =
+                addresses as f64 * d.timeout.as_secs_f64() / d.sweep_interval.as_secs_f64();
+            self.problem(
+                "discovery.subnets",
+                format!(
+                    "{} addresses cannot be swept every {} with concurrency {} and timeout {} \
+                     (worst case {:.1}s a round); expected discovery.concurrency >= {}, a longer \
+                     discovery.sweep_interval, a shorter discovery.timeout or a smaller range",
+                    display_count(addresses),
+                    humantime::format_duration(d.sweep_interval),
+                    d.concurrency,
+                    humantime::format_duration(d.timeout),
+                    worst,
+                    needed.ceil() as u64
+                ),
+            );
+        }
+        // Sweeping a range that is neither loopback nor attached is scanning someone else's
+        // network: refused unless the operator insists.
+        if !d.allow_routed {
+            for net in &d.subnets {
+                if !self.attached.iter().any(|a| a.contains(net)) {
+                    self.problem(
+                        "discovery.subnets",
+                        format!(
+                            "{net} is neither loopback nor a network attached to this host's \
+                             interfaces; sweeping it would scan a routed network. Set \
+                             discovery.allow_routed: true to insist"
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn display_count(n: u128) -> String {
+    if n == u128::MAX {
+        "2^128".to_string()
+    } else {
+        n.to_string()
+    }
+}

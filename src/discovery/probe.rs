@@ -1,0 +1,116 @@
+//! One health check: a fresh connection to one address, `GET health_path`, judged by status,
+//! body and identity. It knows nothing of members or rounds; the scheduler decides what a
+//! result means.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::config::{Discovery, PROBE_BODY_LIMIT};
+
+/// Sent with every probe. A sweeplb that receives it answers for itself instead of forwarding,
+/// with [`BALANCER_HEADER`], so that balancers never add each other (or themselves) as backends.
+pub(crate) const PROBE_HEADER: &str = "x-sweeplb-probe";
+pub(crate) const BALANCER_HEADER: &str = "x-sweeplb-balancer";
+pub(crate) const USER_AGENT: &str =
+    concat!("sweeplb/", env!("CARGO_PKG_VERSION"), " (health probe)");
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    Refused,
+    Timeout,
+    Unreachable(String),
+    Status(u16),
+    BodyMismatch,
+    Http(String),
+    /// The address is a sweeplb balancer (possibly this one), not a backend.
+    Balancer,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Failure::Refused => f.write_str("connection refused"),
+            Failure::Timeout => f.write_str("timeout"),
+            Failure::Unreachable(e) => write!(f, "unreachable: {e}"),
+            Failure::Status(s) => write!(f, "status {s}"),
+            Failure::BodyMismatch => f.write_str("body mismatch"),
+            Failure::Http(e) => write!(f, "bad response: {e}"),
+            Failure::Balancer => f.write_str("a sweeplb balancer, not a backend"),
+        }
+    }
+}
+
+/// One health check: a fresh connection, `GET health_path`, bounded by `timeout` as a whole.
+pub(crate) async fn probe(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
+    match tokio::time::timeout(d.timeout, probe_once(addr, d)).await {
+        Ok(r) => r,
+        Err(_) => Err(Failure::Timeout),
+    }
+}
+
+async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
+        std::io::ErrorKind::ConnectionRefused => Failure::Refused,
+        _ => Failure::Unreachable(e.to_string()),
+    })?;
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| Failure::Http(e.to_string()))?;
+    let req = http::Request::get(d.health_path.as_str())
+        .header(http::header::HOST, addr.to_string())
+        .header(http::header::USER_AGENT, USER_AGENT)
+        .header(http::header::CONNECTION, "close")
+        .header(PROBE_HEADER, "1")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| Failure::Http(e.to_string()))?;
+    let exchange = async move {
+        let resp = send
+            .send_request(req)
+            .await
+            .map_err(|e| Failure::Http(e.to_string()))?;
+        if resp.headers().contains_key(BALANCER_HEADER) {
+            return Err(Failure::Balancer);
+        }
+        let status = resp.status().as_u16();
+        if !d.expect_status.contains(&status) {
+            return Err(Failure::Status(status));
+        }
+        let Some(expected) = &d.expect_body else {
+            return Ok(());
+        };
+        let mut body = resp.into_body();
+        let mut seen = Vec::new();
+        while seen.len() < PROBE_BODY_LIMIT {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        let room = PROBE_BODY_LIMIT - seen.len();
+                        seen.extend_from_slice(&data[..data.len().min(room)]);
+                    }
+                }
+                Some(Err(e)) => return Err(Failure::Http(e.to_string())),
+                None => break,
+            }
+        }
+        if contains(&seen, expected.as_bytes()) {
+            Ok(())
+        } else {
+            Err(Failure::BodyMismatch)
+        }
+    };
+    // The connection is driven here rather than spawned, so nothing outlives the probe.
+    tokio::select! {
+        r = exchange => r,
+        Err(e) = conn => Err(Failure::Http(e.to_string())),
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}

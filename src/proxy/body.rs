@@ -1,0 +1,184 @@
+//! The bodies on the forwarding path: a streamed body with a stall deadline ([`Paced`]), and
+//! a backend's response on its way to the client that returns its connection once read to
+//! the end ([`Returning`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+
+use super::upstream::{Conn, Connections};
+use crate::pool::InflightGuard;
+use crate::server::BoxError;
+
+/// The body sent upstream: the client's streamed body, or nothing (for a retried request).
+pub(crate) type RequestBody = http_body_util::Either<Paced<Incoming>, http_body_util::Empty<Bytes>>;
+
+/// A body, from the client or from a backend, paused longer than `timeouts.body`.
+#[derive(Debug, thiserror::Error)]
+#[error("the body stalled for {0:?}")]
+pub(crate) struct Stalled(Duration);
+
+impl Stalled {
+    /// Whether `error` was caused, anywhere down its chain, by a stalled body.
+    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut e = Some(error);
+        while let Some(cause) = e {
+            if cause.is::<Stalled>() {
+                return true;
+            }
+            e = cause.source();
+        }
+        false
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A streamed body that fails with [`Stalled`] when no frame comes for `limit`. The timer
+    /// is made only the first time the body has to wait, so a body that is already there when
+    /// it is read (most are) costs no timer at all.
+    pub(crate) struct Paced<B> {
+        #[pin]
+        inner: B,
+        limit: Duration,
+        stall: Option<Pin<Box<tokio::time::Sleep>>>,
+        progressed: bool,
+    }
+}
+
+impl<B> Paced<B> {
+    pub(crate) fn new(inner: B, limit: Duration) -> Paced<B> {
+        Paced {
+            inner,
+            limit,
+            stall: None,
+            progressed: false,
+        }
+    }
+}
+
+impl<B> Body for Paced<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.progressed = true;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let limit = *this.limit;
+                let stall = this
+                    .stall
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+                if std::mem::take(this.progressed) {
+                    // The clock restarts with each wait, not with each frame.
+                    stall.as_mut().reset(tokio::time::Instant::now() + limit);
+                }
+                match stall.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(limit))))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A backend's response body on its way to the client. When it has been read to the end
+    /// the connection goes back to the idle list; dropped before that, the connection is closed,
+    /// since the rest of the response would still be on the wire.
+    pub(crate) struct Returning {
+        #[pin]
+        inner: Paced<Incoming>,
+        conn: Option<Conn>,
+        idle: Arc<Connections>,
+        guard: Option<InflightGuard>,
+    }
+
+    impl PinnedDrop for Returning {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if let Some(conn) = this.conn.take() {
+                if this.inner.is_end_stream() {
+                    this.idle.checkin(conn);
+                }
+            }
+        }
+    }
+}
+
+impl Returning {
+    pub(crate) fn new(
+        inner: Paced<Incoming>,
+        conn: Conn,
+        idle: Arc<Connections>,
+        guard: InflightGuard,
+    ) -> Returning {
+        Returning {
+            inner,
+            conn: Some(conn),
+            idle,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl Body for Returning {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => {
+                if let Some(conn) = this.conn.take() {
+                    this.idle.checkin(conn);
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // The rest of the response is lost: close the connection, cut the client's.
+                if let Some(conn) = this.conn.take() {
+                    tracing::warn!(addr = %conn.addr, error = %e, "response body cut off");
+                }
+                this.guard.take();
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,442 @@
+//! The forwarding path: pick a backend by consistent hashing of the stickiness key, forward the
+//! request with its body streamed, stream the response back.
+//!
+//! Retries follow one rule, [`retry`]; errors become statuses in one place, [`Error::respond`].
+//! A request that asks to switch protocols (`Connection: upgrade`, a WebSocket handshake, say)
+//! is forwarded with its `Upgrade` header; if the backend answers 101, the two sockets are
+//! joined into a tunnel that lives until either side closes it.
+//!
+//! The proxy serves no sockets of its own: [`crate::server`] accepts and drains, and calls a
+//! [`Worker`] per request.
+
+mod body;
+mod error;
+mod headers;
+mod retry;
+mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::{Either, Empty, Full};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
+
+use crate::config::{Key, Timeouts};
+use crate::pool::{self, Backend, Report};
+use crate::server::Client;
+use crate::{balancer, message};
+use body::{Paced, RequestBody, Returning, Stalled};
+pub(crate) use error::Error;
+use retry::{Attempt, Decision, Failure, MAX_BACKENDS_TRIED};
+use upstream::{ConnectError, Connections};
+
+/// What the client receives: a backend's streamed body, or one of ours.
+pub(crate) type ResponseBody = Either<Returning, Full<Bytes>>;
+
+/// What every worker shares: where the pool is read, how keys are made, the timeouts, and the
+/// way back to the prober.
+pub(crate) struct Proxy {
+    pool: pool::Reader,
+    key: Key,
+    timeouts: Timeouts,
+    /// One list of idle upstream connections per worker, so a request and the connection it
+    /// rides on stay on one thread and the lists are never contended.
+    connections: Vec<Arc<Connections>>,
+    reports: mpsc::Sender<Report>,
+}
+
+/// Upstream connection counters over all workers, for `/_lb/health`.
+pub(crate) struct UpstreamStats {
+    /// Connections opened to backends since start.
+    pub(crate) connects: u64,
+    /// Requests sent on a kept-alive connection.
+    pub(crate) reused: u64,
+    /// Connections idle right now.
+    pub(crate) idle: usize,
+}
+
+impl Proxy {
+    /// A proxy and its `workers` workers (at least one), to be served one per thread.
+    pub(crate) fn new(
+        pool: pool::Reader,
+        key: Key,
+        timeouts: Timeouts,
+        reports: mpsc::Sender<Report>,
+        workers: usize,
+    ) -> (Arc<Proxy>, Vec<Worker>) {
+        let proxy = Arc::new(Proxy {
+            connections: (0..workers.max(1))
+                .map(|_| Arc::new(Connections::new(timeouts.connect, timeouts.idle)))
+                .collect(),
+            pool,
+            key,
+            timeouts,
+            reports,
+        });
+        let workers = proxy
+            .connections
+            .iter()
+            .enumerate()
+            .map(|(index, connections)| Worker {
+                index,
+                proxy: Arc::clone(&proxy),
+                connections: Arc::clone(connections),
+                routing: std::sync::Mutex::new(LocalRouting {
+                    pool: proxy.pool.clone(),
+                    local: pool::Local::new(Arc::clone(&proxy.pool.borrow().routing)),
+                }),
+            })
+            .collect();
+        (proxy, workers)
+    }
+
+    pub(crate) fn upstream_stats(&self) -> UpstreamStats {
+        let c = &self.connections;
+        UpstreamStats {
+            connects: c
+                .iter()
+                .map(|p| p.stats.connects.load(Ordering::Relaxed))
+                .sum(),
+            reused: c
+                .iter()
+                .map(|p| p.stats.reused.load(Ordering::Relaxed))
+                .sum(),
+            idle: c.iter().map(|p| p.idle_count()).sum(),
+        }
+    }
+
+    /// The hash of a request's stickiness key, and the fresh cookie value to set if it had
+    /// none. Hashes the key where it lies: no copy on the request path.
+    fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (u64, Option<String>) {
+        let fresh = || format!("{:032x}", fastrand::u128(..));
+        match &self.key {
+            Key::Cookie(name) => match message::cookie(headers, name) {
+                Some(v) => (balancer::key_hash(v.as_bytes()), None),
+                None => {
+                    let value = fresh();
+                    (balancer::key_hash(value.as_bytes()), Some(value))
+                }
+            },
+            Key::Header(name) => match headers.get(name) {
+                Some(v) => (balancer::key_hash(v.as_bytes()), None),
+                // Without the header there is nothing to stick to: spread.
+                None => (balancer::key_hash(fresh().as_bytes()), None),
+            },
+            Key::ClientIp => match peer.ip() {
+                std::net::IpAddr::V4(ip) => (balancer::key_hash(&ip.octets()), None),
+                std::net::IpAddr::V6(ip) => (balancer::key_hash(&ip.octets()), None),
+            },
+        }
+    }
+}
+
+/// One worker thread's share of the proxy. Everything a request writes to is owned by one
+/// worker, so on the request path no cache line is written by two cores: the idle upstream
+/// connections, the routing copy and its reference count, the counter shard.
+pub(crate) struct Worker {
+    index: usize,
+    proxy: Arc<Proxy>,
+    connections: Arc<Connections>,
+    routing: std::sync::Mutex<LocalRouting>,
+}
+
+/// The worker's handle on the latest routing, refreshed when the prober publishes a new one.
+/// Only the worker's thread locks it, so the lock is never contended.
+struct LocalRouting {
+    pool: pool::Reader,
+    local: pool::Local,
+}
+
+/// The request a retry sends again: method, target and headers of a request with no body.
+type Replay = (Method, Uri, HeaderMap);
+
+impl Worker {
+    /// Starts the worker's upkeep on its own runtime: idle upstream connections past
+    /// `timeouts.idle` are closed.
+    pub(crate) fn start(&self, shutdown: &CancellationToken) {
+        let (connections, shutdown) = (Arc::clone(&self.connections), shutdown.clone());
+        let every = (self.proxy.timeouts.idle / 2).max(Duration::from_secs(1));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => connections.reap(),
+                }
+            }
+        });
+    }
+
+    fn routing(&self) -> pool::Local {
+        let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
+        // An atomic load per request; the snapshot's lock only when something was published,
+        // and a new handle only when the ring itself changed.
+        if r.pool.has_changed().unwrap_or(false) {
+            let published = Arc::clone(&r.pool.borrow_and_update().routing);
+            if !Arc::ptr_eq(&published, r.local.shared()) {
+                r.local = pool::Local::new(published);
+            }
+        }
+        r.local.clone()
+    }
+
+    /// Forwards one request to the backend its key hashes to, or answers why it cannot.
+    pub(crate) async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: &Client,
+    ) -> Response<ResponseBody> {
+        let (hash, new_cookie) = self.proxy.key_of(req.headers(), client.peer);
+        let routing = self.routing();
+        let result = if routing.backends.is_empty() {
+            Err(Error::NoBackend)
+        } else {
+            let (mut parts, body) = req.into_parts();
+            let upgrade = headers::upgrade_asked(&parts)
+                .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
+            headers::prepare_request(&mut parts, client.peer, client.peer_ip.as_ref());
+            if let Some((protocol, _)) = &upgrade {
+                parts
+                    .headers
+                    .insert(header::CONNECTION, headers::UPGRADE.clone());
+                parts.headers.insert(header::UPGRADE, protocol.clone());
+            }
+            let attempt = Attempt::new(&parts.method, body.is_end_stream());
+            let replay = attempt.replayable.then(|| {
+                (
+                    parts.method.clone(),
+                    parts.uri.clone(),
+                    parts.headers.clone(),
+                )
+            });
+            let body = Paced::new(body, self.proxy.timeouts.body);
+            let req = Request::from_parts(parts, Either::Left(body));
+            let upgrade = upgrade.map(|(_, on)| on);
+            self.send(&routing, hash, req, attempt, replay, upgrade, client)
+                .await
+        };
+        let mut resp = match result {
+            Ok(resp) => resp,
+            Err(e) => e.respond().map(Either::Right),
+        };
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            // A tunnel's response keeps its own `Connection: upgrade`.
+            headers::strip_hop_by_hop(resp.headers_mut());
+        }
+        if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.proxy.key) {
+            let value = format!("{name}={cookie}; Path=/; HttpOnly; SameSite=Lax");
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                resp.headers_mut().append(header::SET_COOKIE, v);
+            }
+        }
+        resp
+    }
+
+    /// Offers the request to the candidates in ring order, as [`retry`] decides after each
+    /// failed attempt.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        routing: &pool::Local,
+        hash: u64,
+        req: Request<RequestBody>,
+        attempt: Attempt,
+        replay: Option<Replay>,
+        mut upgrade: Option<OnUpgrade>,
+        client: &Client,
+    ) -> Result<Response<ResponseBody>, Error> {
+        let again = || {
+            let (method, uri, headers) = replay.clone()?;
+            let mut r = Request::new(Either::Right(Empty::new()));
+            *r.method_mut() = method;
+            *r.uri_mut() = uri;
+            *r.headers_mut() = headers;
+            Some(r)
+        };
+        let mut unsent = Some(req);
+        let mut tried = 0;
+        let mut last_connect: Option<(SocketAddr, ConnectError)> = None;
+        let response_timeout = self.proxy.timeouts.response;
+        'backends: for index in routing.ring.candidates(hash).take(MAX_BACKENDS_TRIED) {
+            tried += 1;
+            let backend = &routing.backends[index];
+            let addr = backend.addr;
+            let mut conn = match self.connections.checkout(addr).await {
+                Ok(c) => c,
+                Err(e) => {
+                    self.connect_failed(addr, &e);
+                    last_connect = Some((addr, e));
+                    match attempt.decide(Failure::Connect) {
+                        Decision::NextBackend => continue,
+                        _ => break,
+                    }
+                }
+            };
+            // The rule never asks to send again what it has no copy of.
+            while let Some(request) = unsent.take().or_else(again) {
+                let guard = routing.begin_request(index, self.index);
+                let reused = conn.reused;
+                let sent = conn.send.try_send_request(request);
+                let (failure, error) = match wait_response(sent, response_timeout, backend).await {
+                    Waited::Response(Ok(resp))
+                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                    {
+                        match upgrade.take() {
+                            Some(on) => return Ok(tunnel(resp, on, conn, guard, client)),
+                            None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
+                        }
+                    }
+                    Waited::Response(Ok(resp)) => {
+                        let (parts, body) = resp.into_parts();
+                        let body = Paced::new(body, self.proxy.timeouts.body);
+                        let idle = Arc::clone(&self.connections);
+                        let body = Returning::new(body, conn, idle, guard);
+                        return Ok(Response::from_parts(parts, Either::Left(body)));
+                    }
+                    Waited::Response(Err(mut e)) => {
+                        unsent = e.take_message();
+                        let source = e.into_error();
+                        if Stalled::caused(&source) {
+                            (Failure::ClientStalled, Error::ClientStalled { addr })
+                        } else {
+                            let unsent = unsent.is_some();
+                            let failure = Failure::Exchange { unsent, reused };
+                            (failure, Error::Backend { addr, source })
+                        }
+                    }
+                    Waited::TimedOut => (
+                        Failure::TimedOut,
+                        Error::Timeout {
+                            addr,
+                            timeout: response_timeout,
+                        },
+                    ),
+                    Waited::Gone => (Failure::Gone, Error::Gone { addr }),
+                };
+                let decision = attempt.decide(failure);
+                if decision != Decision::Fail {
+                    debug!(%addr, ?failure, ?decision, error = %error, "upstream attempt failed");
+                }
+                match decision {
+                    Decision::Fail => return Err(error),
+                    Decision::NextBackend => continue 'backends,
+                    Decision::Reconnect => match self.connections.connect(addr).await {
+                        Ok(c) => conn = c,
+                        Err(e) => {
+                            self.connect_failed(addr, &e);
+                            last_connect = Some((addr, e));
+                            match attempt.decide(Failure::Connect) {
+                                Decision::NextBackend => continue 'backends,
+                                _ => break 'backends,
+                            }
+                        }
+                    },
+                }
+            }
+            break;
+        }
+        Err(match last_connect {
+            Some((addr, source)) => Error::Connect {
+                tried,
+                addr,
+                source,
+            },
+            None => Error::NoBackend,
+        })
+    }
+
+    fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {
+        debug!(%addr, error = %e, "connect to backend failed; trying the next");
+        let _ = self.proxy.reports.try_send(Report::ConnectFailed {
+            addr,
+            reason: e.to_string(),
+        });
+    }
+}
+
+/// The backend agreed to switch protocols: answers the client's 101 and, once hyper has handed
+/// over both sockets, copies bytes both ways until either side closes. The upstream connection
+/// is the tunnel's from now on, never returned to the idle list.
+fn tunnel(
+    mut resp: Response<Incoming>,
+    client_side: OnUpgrade,
+    conn: upstream::Conn,
+    guard: pool::InflightGuard,
+    client: &Client,
+) -> Response<ResponseBody> {
+    let addr = conn.addr;
+    let backend_side = hyper::upgrade::on(&mut resp);
+    let (mut parts, _) = resp.into_parts();
+    let protocol = parts.headers.get(header::UPGRADE).cloned();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    parts
+        .headers
+        .insert(header::CONNECTION, headers::UPGRADE.clone());
+    if let Some(protocol) = protocol {
+        parts.headers.insert(header::UPGRADE, protocol);
+    }
+    client.spawn(async move {
+        let _in_flight = guard;
+        let (client, backend) = match tokio::try_join!(client_side, backend_side) {
+            Ok(both) => both,
+            Err(e) => {
+                debug!(%addr, error = %e, "upgrade did not complete");
+                return;
+            }
+        };
+        // hyper hands the sockets over only after both sides are done with HTTP.
+        drop(conn);
+        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
+            Ok((up, down)) => debug!(%addr, up, down, "tunnel closed"),
+            Err(e) => debug!(%addr, error = %e, "tunnel ended"),
+        }
+    });
+    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+}
+
+/// How long a request waits for its response head before it also watches for its backend
+/// leaving the pool. Most answers come sooner, and not registering a waiter on the backend's
+/// shared signal keeps the fast path free of a lock that every worker would touch.
+const WATCH_GONE_AFTER: Duration = Duration::from_millis(100);
+
+enum Waited<T> {
+    Response(T),
+    TimedOut,
+    Gone,
+}
+
+/// Waits for a response head, at most `timeout`, or until the backend leaves the pool.
+async fn wait_response<F: Future>(
+    send: F,
+    timeout: Duration,
+    backend: &Backend,
+) -> Waited<F::Output> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    tokio::pin!(send);
+    let sleep = tokio::time::sleep(timeout.min(WATCH_GONE_AFTER));
+    tokio::pin!(sleep);
+    tokio::select! {
+        biased;
+        r = &mut send => return Waited::Response(r),
+        _ = &mut sleep => {}
+    }
+    sleep.as_mut().reset(deadline);
+    tokio::select! {
+        biased;
+        r = &mut send => Waited::Response(r),
+        _ = backend.gone().cancelled() => Waited::Gone,
+        _ = &mut sleep => Waited::TimedOut,
+    }
+}

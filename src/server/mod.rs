@@ -1,0 +1,270 @@
+//! Connection plumbing: accepting, worker threads, the request-head deadline, and draining at
+//! shutdown. Generic over the [`Service`] it serves and ignorant of what that is, so the
+//! balancer and the demo webapp run on the same code without knowing each other.
+//!
+//! One acceptor hands each connection to the worker thread with the fewest open connections;
+//! each worker is a single-threaded runtime that owns its connections and everything its
+//! service keeps per worker. A request therefore never crosses threads: no work stealing, no
+//! cross-core wake-ups, no shared locks on the hot path.
+
+mod drain;
+mod head_deadline;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body::Body;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioTimer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use drain::Drain;
+use head_deadline::{Head, Tracked, Watched};
+
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How a server treats its client connections.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    /// Names the worker threads, for `top` and debuggers.
+    pub(crate) name: &'static str,
+    /// How long a keep-alive connection may wait for its next request.
+    pub(crate) idle: Duration,
+    /// A request head must be complete this long after its first byte.
+    pub(crate) header_read: Duration,
+    /// How long in-flight requests and tunnels may go on once shutdown begins.
+    pub(crate) shutdown: Duration,
+}
+
+/// What a server serves. The caller builds one per worker thread, so that whatever a request
+/// writes to can belong to its worker alone.
+pub(crate) trait Service: Send + Sync + 'static {
+    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+
+    /// Answers one request that came on `client`'s connection.
+    fn call(
+        &self,
+        req: Request<Incoming>,
+        client: &Client,
+    ) -> impl Future<Output = Response<Self::Body>> + Send;
+
+    /// Called once on the worker's runtime as it starts, for upkeep of the worker's own state
+    /// (tasks spawned here end with the runtime).
+    fn start(&self, _shutdown: &CancellationToken) {}
+}
+
+/// What a request knows of the connection it came on.
+pub(crate) struct Client {
+    pub(crate) peer: SocketAddr,
+    /// The address the client connected to.
+    pub(crate) local: SocketAddr,
+    /// The peer's IP as a header value, made once per connection rather than per request.
+    pub(crate) peer_ip: Option<HeaderValue>,
+    tasks: TaskTracker,
+}
+
+impl Client {
+    /// Runs `task` beside the connection (a tunnel, say): shutdown waits for it as for a
+    /// request in flight, until the deadline.
+    pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks.spawn(task);
+    }
+}
+
+/// Serves `services` (one per worker) on `listener` until `shutdown`, then lets in-flight
+/// requests finish within `settings.shutdown` and closes keep-alive connections.
+pub(crate) async fn serve<S: Service>(
+    listener: TcpListener,
+    services: Vec<Arc<S>>,
+    settings: Settings,
+    shutdown: CancellationToken,
+) {
+    let mut workers = Vec::new();
+    for (index, service) in services.into_iter().enumerate() {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let open = Arc::new(AtomicUsize::new(0));
+        let worker = Worker {
+            service,
+            open: Arc::clone(&open),
+            drain: Drain::new(),
+            settings: settings.clone(),
+        };
+        let shutdown = shutdown.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("{}-{index}", settings.name))
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(worker.run(rx, shutdown)),
+                    Err(e) => warn!(error = %e, "cannot start a worker runtime"),
+                }
+            });
+        match thread {
+            Ok(t) => workers.push((tx, open, t)),
+            Err(e) => warn!(error = %e, "cannot start a worker thread"),
+        }
+    }
+    if workers.is_empty() {
+        warn!("no worker could start; not serving");
+        return;
+    }
+    accept(&listener, &shutdown, |stream, peer| {
+        let Some((tx, open, _)) = workers
+            .iter()
+            .min_by_key(|(_, open, _)| open.load(Ordering::Relaxed))
+        else {
+            return;
+        };
+        match stream.into_std() {
+            Ok(stream) => {
+                open.fetch_add(1, Ordering::Relaxed);
+                if tx.send((stream, peer)).is_err() {
+                    open.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => debug!(%peer, error = %e, "cannot hand a connection to a worker"),
+        }
+    })
+    .await;
+    drop(listener);
+    info!(server = settings.name, "shutting down: no longer accepting");
+    let threads: Vec<_> = workers.into_iter().map(|(_, _, t)| t).collect();
+    let joined = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            let _ = t.join();
+        }
+    });
+    let _ = joined.await;
+}
+
+/// Accepts connections until `shutdown`, handing each to `dispatch`.
+async fn accept(
+    listener: &TcpListener,
+    shutdown: &CancellationToken,
+    mut dispatch: impl FnMut(TcpStream, SocketAddr),
+) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors or similar: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        dispatch(stream, peer);
+    }
+}
+
+/// One worker thread: its service, its connections, and how many are open.
+struct Worker<S> {
+    service: Arc<S>,
+    /// Client connections this worker serves; the acceptor reads it to pick a worker.
+    open: Arc<AtomicUsize>,
+    /// The worker's connections and the tasks they started, drained at shutdown.
+    drain: Drain,
+    settings: Settings,
+}
+
+/// One client connection as its requests see it.
+struct Connection<S> {
+    service: Arc<S>,
+    client: Client,
+}
+
+impl<S: Service> Worker<S> {
+    /// Serves the connections the acceptor hands over until `shutdown`, then drains.
+    async fn run(
+        self,
+        mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        shutdown: CancellationToken,
+    ) {
+        let settings = &self.settings;
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // hyper's head timer runs from when a connection starts waiting, so it is given the
+        // idle allowance; `header_read` is counted from a head's first byte (`head_deadline`).
+        // The timer is what makes `header_read_timeout` real: without one hyper skips it.
+        http.timer(TokioTimer::new())
+            .header_read_timeout(settings.idle.max(settings.header_read))
+            .keep_alive(true);
+        self.service.start(&shutdown);
+        loop {
+            let (stream, peer) = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                next = incoming.recv() => match next {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            let stream = TcpStream::from_std(stream);
+            let Ok((stream, local)) = stream.and_then(|s| s.local_addr().map(|l| (s, l))) else {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+                continue;
+            };
+            self.connection(&http, stream, peer, local);
+        }
+        if !self.drain.wait(settings.shutdown).await {
+            warn!(
+                server = settings.name,
+                connections = self.open.load(Ordering::Relaxed),
+                deadline = ?settings.shutdown,
+                "shutdown deadline cut off connections with requests in flight or open tunnels"
+            );
+        } else {
+            debug!(server = settings.name, "worker drained");
+        }
+    }
+
+    fn connection(
+        &self,
+        http: &hyper::server::conn::http1::Builder,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let head = Head::new(self.settings.header_read);
+        let io = Watched::new(stream, Arc::clone(&head));
+        let conn = Arc::new(Connection {
+            service: Arc::clone(&self.service),
+            client: Client {
+                peer,
+                local,
+                peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+                tasks: self.drain.tasks(),
+            },
+        });
+        let service = service_fn(move |req| {
+            let conn = Arc::clone(&conn);
+            let done = head.request_started();
+            let head = Arc::clone(&head);
+            async move {
+                let resp = conn.service.call(req, &conn.client).await;
+                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    head.stop_watching();
+                }
+                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, done)))
+            }
+        });
+        let open = Arc::clone(&self.open);
+        self.drain.serve(http, io, peer, service, move || {
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
