@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{Balancer, Net, custom, lab, text, users, webapp, webapp_named, webapps};
+use crate::support::{
+    Balancer, Net, addrs, client, custom, lab, pages, round, text, users, webapp, webapp_named,
+    webapps,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_every_backend_and_nothing_else() {
@@ -14,9 +17,7 @@ async fn finds_every_backend_and_nothing_else() {
         std::net::SocketAddr::new(net.ip(13), net.port + 1),
         |_| async { text(200, "ok") },
     );
-    let lb = Balancer::start(&net.config("", "")).await;
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    lb.wait_healthy(&addrs, Duration::from_secs(5)).await;
+    let lb = Balancer::found(&net.config("", ""), &addrs(&backends)).await;
 
     let (status, h) = lb.health().await;
     assert_eq!(status, 200);
@@ -38,20 +39,19 @@ async fn finds_every_backend_and_nothing_else() {
 async fn a_new_backend_takes_traffic_within_one_sweep_and_rise_checks() {
     let net = Net::new(2);
     let first = webapp(net.addr(10));
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(&[first.addr], Duration::from_secs(5)).await;
-    let crowd = users(&lb, 40).await;
-    crate::support::round(&crowd).await;
+    let lb = Balancer::found(&net.config("", ""), &[first.addr]).await;
+    let crowd = users(&lb, 40);
+    pages(&crowd).await;
 
     let started = Instant::now();
     let second = webapp(net.addr(11));
     // The spec's bound: sweep_interval + rise x check_interval + 1 s.
     let bound = Duration::from_millis(400 + 2 * 200 + 1000);
     let joined = lb.wait_healthy(&[first.addr, second.addr], bound).await;
-    let pages = crate::support::round(&crowd).await;
-    let on_new = pages
+    let on_new = pages(&crowd)
+        .await
         .iter()
-        .filter(|p| p.as_ref().unwrap().backend == net.ip(11).to_string())
+        .filter(|p| p.backend == net.ip(11))
         .count();
     assert!(on_new > 0, "nobody was routed to the new backend");
     assert!(
@@ -67,14 +67,10 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
     let net = Net::new(3);
     let (backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
-    let crowd = users(&lb, 30).await;
-    let before: Vec<_> = crate::support::round(&crowd)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let crowd = users(&lb, 30);
+    let before = pages(&crowd).await;
     let victim = &backends[1];
-    let victim_ip = victim.addr.ip().to_string();
+    let victim_ip = victim.addr.ip();
     assert!(
         before.iter().any(|p| p.backend == victim_ip),
         "no client on the victim: {before:?}"
@@ -87,7 +83,7 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
     let mut last = before.clone();
     let mut rounds = 0;
     while Instant::now() < deadline {
-        for (i, page) in crate::support::round(&crowd).await.into_iter().enumerate() {
+        for (i, page) in round(&crowd).await.into_iter().enumerate() {
             match page {
                 Ok(p) => last[i] = p,
                 Err(e) => failures.push(e),
@@ -137,21 +133,13 @@ async fn an_empty_pool_answers_503_at_once() {
     let (status, h) = lb.health().await;
     assert_eq!(status, 503);
     assert_eq!(h["healthy"], 0);
-    let resp = crate::support::client()
-        .get(lb.url("/"))
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(lb.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 503);
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "no backend is healthy");
     // Still alive, though: a container health check must not restart it for this.
-    let live = crate::support::client()
-        .get(lb.url("/_lb/live"))
-        .send()
-        .await
-        .unwrap();
+    let live = client().get(lb.url("/_lb/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
     lb.stop().await;
 }
@@ -193,8 +181,11 @@ async fn identity_and_status_checks_keep_impostors_out() {
     let _broken = custom(net.addr(12), |_| async {
         text(503, "sweeplb-webapp but down")
     });
-    let lb = Balancer::start(&net.config("  expect_body: sweeplb-webapp\n", "")).await;
-    lb.wait_healthy(&[real.addr], Duration::from_secs(5)).await;
+    let lb = Balancer::found(
+        &net.config("  expect_body: sweeplb-webapp\n", ""),
+        &[real.addr],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(lb.healthy().await, [real.addr.to_string()]);
     let (_, h) = lb.health().await;
@@ -221,9 +212,7 @@ async fn a_failing_backend_leaves_after_fall_checks_and_rejoins_after_rise() {
             }
         }
     });
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
-        .await;
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
     healthy.store(false, std::sync::atomic::Ordering::Relaxed);
     lb.wait_healthy(&[], Duration::from_secs(3)).await;
     let (status, h) = lb.health().await;
