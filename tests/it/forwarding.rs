@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    Backend, Balancer, Net, Request, addrs, candidates, client, custom, lab, raw, read_head, text,
-    with_headers,
+    Backend, Balancer, Net, Request, addrs, candidates, client, closed_within, custom, eventually,
+    lab, raw, read_head, text, with_headers,
 };
 
 /// A backend that describes the request it got, and answers with hop-by-hop headers of its own.
@@ -343,8 +343,12 @@ async fn an_open_tunnel_lasts_into_shutdown_and_is_closed_at_its_deadline() {
     let net = Net::new(49);
     let ip = net.ip(10);
     let backend = custom(net.addr(10), move |req| upgrading(req, ip));
+    let shutdown = Duration::from_secs(5);
     let lb = Balancer::found(
-        &net.config("", "timeouts:\n  shutdown: 5s\n"),
+        &net.config(
+            "",
+            &format!("timeouts:\n  shutdown: {}s\n", shutdown.as_secs()),
+        ),
         &[backend.addr],
     )
     .await;
@@ -359,26 +363,42 @@ async fn an_open_tunnel_lasts_into_shutdown_and_is_closed_at_its_deadline() {
 
     // Shutdown begins (the listener is closed)...
     let addr = lb.addr;
+    let began = Instant::now();
     let stopped = tokio::spawn(lb.stop());
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while tokio::net::TcpStream::connect(addr).await.is_ok() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still accepting after stop"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    // ...and the tunnel is left to its users...
-    tunnel.get_mut().write_all(b"still here\n").await.unwrap();
-    line.clear();
-    tunnel.read_line(&mut line).await.unwrap();
-    assert_eq!(line, "still here\n");
-    // ...until the deadline, when it is closed and the balancer exits.
-    line.clear();
+    eventually(
+        Duration::from_secs(3),
+        async || match tokio::net::TcpStream::connect(addr).await {
+            Ok(_) => Err("still accepting after stop".to_string()),
+            Err(_) => Ok(()),
+        },
+    )
+    .await;
+    // ...and the tunnel is left to its users, at once and until shortly before the deadline...
+    let mut echoes = async |msg: &str| {
+        tunnel.get_mut().write_all(msg.as_bytes()).await.unwrap();
+        let mut line = String::new();
+        tunnel.read_line(&mut line).await.unwrap();
+        assert_eq!(line, msg, "{:?} into shutdown", began.elapsed());
+    };
+    echoes("right after shutdown began\n").await;
+    let late = shutdown - Duration::from_millis(1500);
+    tokio::time::sleep_until((began + late).into()).await;
+    echoes("shortly before the deadline\n").await;
+    let echoed = began.elapsed();
+    assert!(
+        echoed < shutdown,
+        "the late echo came {echoed:?} into shutdown, not before its deadline: it proves nothing"
+    );
+    // ...until the deadline, when it is closed (not before) and the balancer exits.
     let end = tokio::time::timeout(Duration::from_secs(10), tunnel.read_line(&mut line)).await;
+    let closed = began.elapsed();
     assert!(
         matches!(end, Ok(Ok(0)) | Ok(Err(_))),
         "the tunnel outlived the shutdown deadline: {end:?}"
+    );
+    assert!(
+        closed >= shutdown - Duration::from_millis(250),
+        "the tunnel was closed {closed:?} into shutdown, before its {shutdown:?} deadline"
     );
     tokio::time::timeout(Duration::from_secs(10), stopped)
         .await
@@ -416,33 +436,39 @@ fn stalling(addr: std::net::SocketAddr) -> (Backend, Arc<AtomicBool>) {
 async fn a_body_that_stalls_is_cut_off_after_the_body_timeout() {
     let net = Net::new(48);
     let (backend, closed) = stalling(net.addr(10));
+    let body = Duration::from_secs(1);
     let lb = Balancer::found(
-        &net.config("", "timeouts:\n  body: 300ms\n"),
+        &net.config("", &format!("timeouts:\n  body: {}s\n", body.as_secs())),
         &[backend.addr],
     )
     .await;
+    // A cut comes no sooner than the timeout after the last byte; the margin is for the
+    // moments between that byte and when the test starts its clock.
+    let not_before = body / 2;
 
     // A response body that stops halfway: the client sees the response cut, not a hang
     // (its own timeout is far longer), and the backend connection is closed.
-    let c = reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
-    let resp = c.get(lb.url("/stall")).send().await.unwrap();
+    let resp = client().get(lb.url("/stall")).send().await.unwrap();
+    let headed = Instant::now();
     assert_eq!(resp.status(), 200);
     let cut = resp
         .bytes()
         .await
         .expect_err("a 100-byte body with 10 sent");
+    let after = headed.elapsed();
     assert!(!cut.is_timeout(), "the client gave up first: {cut:?}");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !closed.load(Ordering::SeqCst) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled backend connection stays open"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    assert!(
+        after >= not_before,
+        "the response was cut {after:?} after it stalled, before the {body:?} body timeout"
+    );
+    eventually(Duration::from_secs(10), async || {
+        if closed.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("the stalled backend connection stays open".to_string())
+        }
+    })
+    .await;
 
     // A request body that stops halfway: 408, and the connection is closed.
     let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
@@ -451,9 +477,16 @@ async fn a_body_that_stalls_is_cut_off_after_the_body_timeout() {
     )
     .await
     .unwrap();
+    let sent = Instant::now();
     let head = tokio::time::timeout(Duration::from_secs(20), read_head(&mut s))
         .await
         .expect("an answer, not a hang");
+    let after = sent.elapsed();
     assert!(head.starts_with("http/1.1 408"), "{head}");
+    assert!(
+        after >= not_before,
+        "408 {after:?} after the upload stalled, before the {body:?} body timeout"
+    );
+    closed_within(&mut s, Duration::from_secs(5)).await;
     lb.stop().await;
 }

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use crate::support::{
-    Balancer, Net, addrs, backend_ip, client, get, lab, pages, users, webapp, webapps,
+    Balancer, Net, addrs, backend_ip, candidates, client, get, lab, pages, users, webapp, webapps,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -123,22 +123,37 @@ async fn header_and_client_ip_keys_route_consistently() {
     );
     lb.stop().await;
 
+    // Each client connects from a source address of its own; the ring says where each IP
+    // belongs, and a client-supplied X-Forwarded-For must not steer it.
     let lb = Balancer::found(&net.config("", "balance:\n  key: client_ip\n"), &addrs).await;
-    let mut seen = BTreeSet::new();
-    for _ in 0..10 {
-        // A client-supplied X-Forwarded-For must not steer the hash.
-        let resp = client()
-            .get(lb.url("/"))
-            .header("x-forwarded-for", format!("127.1.2.{}", fastrand::u8(..)))
-            .send()
-            .await
+    let mut placement = BTreeMap::new();
+    for last in 100..140 {
+        let ip = net.ip(last);
+        let std::net::IpAddr::V4(v4) = ip else {
+            unreachable!("Net is IPv4")
+        };
+        let home = candidates(&addrs, &v4.octets())[0].ip();
+        let from = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(ip)
+            .timeout(Duration::from_secs(10))
+            .build()
             .unwrap();
-        seen.insert(resp.headers()["x-backend-ip"].to_str().unwrap().to_string());
+        for _ in 0..3 {
+            let resp = from
+                .get(lb.url("/"))
+                .header("x-forwarded-for", format!("127.1.2.{}", fastrand::u8(..)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(backend_ip(&resp), home.to_string(), "client {ip}");
+        }
+        placement.insert(ip, home);
     }
-    assert_eq!(
-        seen.len(),
-        1,
-        "one client IP must map to one backend: {seen:?}"
+    let spread: BTreeSet<_> = placement.values().collect();
+    assert!(
+        spread.len() > 1,
+        "40 client IPs over 4 backends reached only {spread:?}"
     );
     lb.stop().await;
 }

@@ -49,8 +49,9 @@ fn reusable_listener(addr: SocketAddr) -> TcpListener {
     socket.listen(1024).expect("listen")
 }
 
-/// Listens on `addr` and runs `conn` on each accepted connection until the backend is killed.
-fn serve_each<F, Fut>(addr: SocketAddr, conn: F) -> Backend
+/// Listens on `addr` and runs `conn` on each accepted connection until the backend is killed:
+/// any TCP service, HTTP or not.
+pub fn tcp<F, Fut>(addr: SocketAddr, conn: F) -> Backend
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -113,7 +114,7 @@ where
         .to_string()
         .parse()
         .expect("an IP is a header value");
-    serve_each(addr, move |stream| {
+    tcp(addr, move |stream| {
         let (handler, ip) = (handler.clone(), ip.clone());
         let service = service_fn(move |req| {
             let (handler, ip) = (handler.clone(), ip.clone());
@@ -144,7 +145,7 @@ where
     F: Fn(TcpStream, Vec<u8>) -> Fut + Send + Sync + Clone + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    serve_each(addr, move |mut stream| {
+    tcp(addr, move |mut stream| {
         let serve = serve.clone();
         async move {
             let Some(head) = read_request_head(&mut stream).await else {

@@ -15,7 +15,9 @@ mod users;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-pub use backend::{Backend, addrs, custom, raw, text, webapp, webapp_named, webapps, with_headers};
+pub use backend::{
+    Backend, addrs, custom, raw, tcp, text, webapp, webapp_named, webapps, with_headers,
+};
 pub use balancer::{Balancer, lab};
 pub type Request = http::Request<hyper::body::Incoming>;
 
