@@ -149,6 +149,22 @@ pub async fn read_head(s: &mut tokio::net::TcpStream) -> String {
     String::from_utf8_lossy(&head).to_lowercase()
 }
 
+/// Reads one response with a `content-length` off a raw socket, body and all; its head, as
+/// [`read_head`] gives it.
+pub async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    let head = read_head(s).await;
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length: {head}"));
+    let mut body = vec![0u8; len];
+    tokio::io::AsyncReadExt::read_exact(s, &mut body)
+        .await
+        .unwrap_or_else(|e| panic!("a {len}-byte body: {e}"));
+    head
+}
+
 /// Waits, at most `within`, for the peer to close `s` (EOF or reset); what was read meanwhile
 /// is discarded. Panics if it stays open.
 pub async fn closed_within(s: &mut tokio::net::TcpStream, within: Duration) {
