@@ -18,11 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
-use serde_json::Value;
 
 use crate::support::docker::{
-    Cleanup, Compose, build_images, container_ip, docker, engine_available, finished_at, free_port,
-    inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
+    Cleanup, Compose, Lab, build_images, container_ip, docker, engine_available, finished_at,
+    free_port, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
 };
 use crate::support::{Page, User, chain, client, eventually, round, visit};
 
@@ -608,113 +607,6 @@ async fn swarm_stack(tag: &str) {
         used.len(),
         started.elapsed()
     );
-}
-
-/// What `/_lb/health` says, by address.
-struct Health {
-    healthy: BTreeSet<IpAddr>,
-    /// Every backend listed, in any state.
-    listed: BTreeSet<IpAddr>,
-    body: Value,
-}
-
-impl Health {
-    fn requests(&self, addr: &IpAddr) -> u64 {
-        self.body["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|b| backend_ip(b) == Some(*addr))
-            .and_then(|b| b["requests"].as_u64())
-            .unwrap_or(0)
-    }
-}
-
-fn backend_ip(b: &Value) -> Option<IpAddr> {
-    b["addr"]
-        .as_str()?
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|a| a.ip())
-}
-
-/// One balancer as seen from the host; every look at its health also checks that none of
-/// `forbidden` (gateway, balancer, impostors) is ever listed.
-struct Lab {
-    base: String,
-    http: reqwest::Client,
-    forbidden: BTreeMap<IpAddr, String>,
-    polls: usize,
-}
-
-impl Lab {
-    fn new(port: u16, forbidden: BTreeMap<IpAddr, String>) -> Lab {
-        Lab::at(format!("http://127.0.0.1:{port}"), forbidden)
-    }
-
-    fn at(base: String, forbidden: BTreeMap<IpAddr, String>) -> Lab {
-        Lab {
-            base,
-            http: client(),
-            forbidden,
-            polls: 0,
-        }
-    }
-
-    fn forbid(&mut self, addr: IpAddr, why: &str) {
-        self.forbidden.insert(addr, why.to_string());
-    }
-
-    async fn health(&mut self) -> Result<Health, String> {
-        self.polls += 1;
-        let resp = self
-            .http
-            .get(format!("{}/_lb/health", self.base))
-            .send()
-            .await
-            .map_err(|e| chain(&e))?;
-        let body: Value = resp.json().await.map_err(|e| chain(&e))?;
-        let mut h = Health {
-            healthy: BTreeSet::new(),
-            listed: BTreeSet::new(),
-            body,
-        };
-        for b in h.body["backends"].as_array().into_iter().flatten() {
-            let Some(addr) = backend_ip(b) else { continue };
-            h.listed.insert(addr);
-            if b["state"] == "healthy" {
-                h.healthy.insert(addr);
-            }
-        }
-        for addr in &h.listed {
-            if let Some(why) = self.forbidden.get(addr) {
-                panic!(
-                    "{addr} ({why}) is listed by {}/_lb/health: {:#}",
-                    self.base, h.body
-                );
-            }
-        }
-        Ok(h)
-    }
-
-    /// Polls until `done`; the first such health and when it was seen.
-    async fn wait(
-        &mut self,
-        within: Duration,
-        what: &str,
-        mut done: impl FnMut(&Health) -> bool,
-    ) -> (Health, SystemTime) {
-        eventually(within, async || {
-            let h = self.health().await.map_err(|e| format!("{what}: {e}"))?;
-            let at = SystemTime::now();
-            if done(&h) {
-                Ok((h, at))
-            } else {
-                Err(format!("{what}; /_lb/health says {:#}", h.body))
-            }
-        })
-        .await
-    }
 }
 
 /// The users of a scenario, and what each has seen so far.

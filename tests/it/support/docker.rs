@@ -1,15 +1,18 @@
 //! The Docker engine for the end-to-end test: running `docker` and `docker-compose`,
-//! inspecting containers and networks, building the images, and undoing all of it.
+//! inspecting containers and networks, building the images, undoing all of it, and a
+//! containerised balancer's `/_lb/health` as seen from the host.
 //!
 //! Without an engine the test skips loudly, except under `CI=true`, where it fails.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
+
+use super::{chain, client, eventually};
 
 /// Whether the tests can run; under `CI=true` a missing engine is a failure, not a skip.
 pub fn engine_available(test: &str, also: &[&str]) -> bool {
@@ -240,5 +243,112 @@ impl Compose {
             .iter()
             .map(|id| container_ip(id, network))
             .collect()
+    }
+}
+
+/// What `/_lb/health` says, by address.
+pub struct Health {
+    pub healthy: BTreeSet<IpAddr>,
+    /// Every backend listed, in any state.
+    pub listed: BTreeSet<IpAddr>,
+    pub body: Value,
+}
+
+impl Health {
+    pub fn requests(&self, addr: &IpAddr) -> u64 {
+        self.body["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| backend_ip(b) == Some(*addr))
+            .and_then(|b| b["requests"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+fn backend_ip(b: &Value) -> Option<IpAddr> {
+    b["addr"]
+        .as_str()?
+        .parse::<std::net::SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+}
+
+/// One balancer as seen from the host; every look at its health also checks that none of
+/// `forbidden` (gateway, balancer, impostors) is ever listed.
+pub struct Lab {
+    pub base: String,
+    http: reqwest::Client,
+    forbidden: BTreeMap<IpAddr, String>,
+    pub polls: usize,
+}
+
+impl Lab {
+    pub fn new(port: u16, forbidden: BTreeMap<IpAddr, String>) -> Lab {
+        Lab::at(format!("http://127.0.0.1:{port}"), forbidden)
+    }
+
+    pub fn at(base: String, forbidden: BTreeMap<IpAddr, String>) -> Lab {
+        Lab {
+            base,
+            http: client(),
+            forbidden,
+            polls: 0,
+        }
+    }
+
+    pub fn forbid(&mut self, addr: IpAddr, why: &str) {
+        self.forbidden.insert(addr, why.to_string());
+    }
+
+    pub async fn health(&mut self) -> Result<Health, String> {
+        self.polls += 1;
+        let resp = self
+            .http
+            .get(format!("{}/_lb/health", self.base))
+            .send()
+            .await
+            .map_err(|e| chain(&e))?;
+        let body: Value = resp.json().await.map_err(|e| chain(&e))?;
+        let mut h = Health {
+            healthy: BTreeSet::new(),
+            listed: BTreeSet::new(),
+            body,
+        };
+        for b in h.body["backends"].as_array().into_iter().flatten() {
+            let Some(addr) = backend_ip(b) else { continue };
+            h.listed.insert(addr);
+            if b["state"] == "healthy" {
+                h.healthy.insert(addr);
+            }
+        }
+        for addr in &h.listed {
+            if let Some(why) = self.forbidden.get(addr) {
+                panic!(
+                    "{addr} ({why}) is listed by {}/_lb/health: {:#}",
+                    self.base, h.body
+                );
+            }
+        }
+        Ok(h)
+    }
+
+    /// Polls until `done`; the first such health and when it was seen.
+    pub async fn wait(
+        &mut self,
+        within: Duration,
+        what: &str,
+        mut done: impl FnMut(&Health) -> bool,
+    ) -> (Health, SystemTime) {
+        eventually(within, async || {
+            let h = self.health().await.map_err(|e| format!("{what}: {e}"))?;
+            let at = SystemTime::now();
+            if done(&h) {
+                Ok((h, at))
+            } else {
+                Err(format!("{what}; /_lb/health says {:#}", h.body))
+            }
+        })
+        .await
     }
 }
