@@ -1,22 +1,40 @@
 //! Discovery: the sweep finds backends, joins and leaves follow rise/fall, and only webapps
 //! (never the balancer itself, another balancer, or an impostor) join.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{Balancer, Net, custom, lab, text, users, webapp, webapp_named, webapps};
+use tokio::io::AsyncWriteExt;
+
+use crate::support::{
+    Balancer, CHECK_INTERVAL, Net, RISE, SWEEP_INTERVAL, addrs, client, custom, lab, pages, round,
+    tcp, text, users, webapp, webapp_named, webapps,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn finds_every_backend_and_nothing_else() {
     let net = Net::new(1);
     let backends = webapps(&net, &[10, 11, 12]);
-    // Something on another port of the same range is not a backend.
-    let _other = custom(
-        std::net::SocketAddr::new(net.ip(13), net.port + 1),
-        |_| async { text(200, "ok") },
-    );
-    let lb = Balancer::start(&net.config("", "")).await;
-    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    lb.wait_healthy(&addrs, Duration::from_secs(5)).await;
+    // Decoys where the sweep really probes (in the range, on the port) that answer, but not
+    // as a backend: an HTTP server whose every path is 404, and a service that is not HTTP.
+    // Each counts the probes it gets, so the test knows the sweep reached it.
+    let probed_404 = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&probed_404);
+    let not_found = custom(net.addr(13), move |_| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async { text(404, "no such page") }
+    });
+    let probed_tcp = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&probed_tcp);
+    let not_http = tcp(net.addr(14), move |mut s| {
+        count.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let _ = s.write_all(b"SSH-2.0-decoy\r\n").await;
+        }
+    });
+    let decoys_up = Instant::now();
+    let lb = Balancer::found(&net.config("", ""), &addrs(&backends)).await;
 
     let (status, h) = lb.health().await;
     assert_eq!(status, 200);
@@ -31,6 +49,33 @@ async fn finds_every_backend_and_nothing_else() {
         assert!(b["last_check_ms"].as_f64().is_some());
         assert!(b["since"].as_str().unwrap().ends_with('Z'));
     }
+
+    // Long enough for each decoy to be swept and to rise twice over; never listed, not even
+    // as joining, at any look.
+    let long_enough = (SWEEP_INTERVAL + CHECK_INTERVAL * RISE) * 2;
+    let decoys = [not_found.addr.to_string(), not_http.addr.to_string()];
+    while decoys_up.elapsed() < long_enough
+        || probed_404.load(Ordering::SeqCst) < 2
+        || probed_tcp.load(Ordering::SeqCst) < 2
+    {
+        let listed = lb.listed().await;
+        assert!(
+            !listed.iter().any(|a| decoys.contains(a)),
+            "a decoy is listed: {listed:?}"
+        );
+        assert!(
+            decoys_up.elapsed() < long_enough * 4,
+            "the decoys were not probed twice: 404 {probed_404:?}, tcp {probed_tcp:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        lb.healthy().await,
+        addrs(&backends)
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+    );
     lb.stop().await;
 }
 
@@ -38,20 +83,19 @@ async fn finds_every_backend_and_nothing_else() {
 async fn a_new_backend_takes_traffic_within_one_sweep_and_rise_checks() {
     let net = Net::new(2);
     let first = webapp(net.addr(10));
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(&[first.addr], Duration::from_secs(5)).await;
-    let crowd = users(&lb, 40).await;
-    crate::support::round(&crowd).await;
+    let lb = Balancer::found(&net.config("", ""), &[first.addr]).await;
+    let crowd = users(&lb, 40);
+    pages(&crowd).await;
 
     let started = Instant::now();
     let second = webapp(net.addr(11));
     // The spec's bound: sweep_interval + rise x check_interval + 1 s.
     let bound = Duration::from_millis(400 + 2 * 200 + 1000);
     let joined = lb.wait_healthy(&[first.addr, second.addr], bound).await;
-    let pages = crate::support::round(&crowd).await;
-    let on_new = pages
+    let on_new = pages(&crowd)
+        .await
         .iter()
-        .filter(|p| p.as_ref().unwrap().backend == net.ip(11).to_string())
+        .filter(|p| p.backend == net.ip(11))
         .count();
     assert!(on_new > 0, "nobody was routed to the new backend");
     assert!(
@@ -67,14 +111,10 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
     let net = Net::new(3);
     let (backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
-    let crowd = users(&lb, 30).await;
-    let before: Vec<_> = crate::support::round(&crowd)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let crowd = users(&lb, 30);
+    let before = pages(&crowd).await;
     let victim = &backends[1];
-    let victim_ip = victim.addr.ip().to_string();
+    let victim_ip = victim.addr.ip();
     assert!(
         before.iter().any(|p| p.backend == victim_ip),
         "no client on the victim: {before:?}"
@@ -87,7 +127,7 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
     let mut last = before.clone();
     let mut rounds = 0;
     while Instant::now() < deadline {
-        for (i, page) in crate::support::round(&crowd).await.into_iter().enumerate() {
+        for (i, page) in round(&crowd).await.into_iter().enumerate() {
             match page {
                 Ok(p) => last[i] = p,
                 Err(e) => failures.push(e),
@@ -133,25 +173,32 @@ async fn a_killed_backend_leaves_and_no_client_request_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_pool_answers_503_at_once() {
     let net = Net::new(4);
-    let lb = Balancer::start(&net.config("", "")).await;
+    // Waiting for a backend, even for one connect or response timeout, would take seconds.
+    let connect = Duration::from_secs(3);
+    let lb = Balancer::start(&net.config(
+        "",
+        &format!(
+            "timeouts:\n  connect: {}s\n  response: 5s\n",
+            connect.as_secs()
+        ),
+    ))
+    .await;
     let (status, h) = lb.health().await;
     assert_eq!(status, 503);
     assert_eq!(h["healthy"], 0);
-    let resp = crate::support::client()
-        .get(lb.url("/"))
-        .send()
-        .await
-        .unwrap();
+    let asked = Instant::now();
+    let resp = client().get(lb.url("/")).send().await.unwrap();
+    let took = asked.elapsed();
     assert_eq!(resp.status(), 503);
+    assert!(
+        took < connect / 2,
+        "503 after {took:?}: it waited, where it should refuse at once"
+    );
     assert_eq!(resp.headers()["retry-after"], "1");
     let body: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(body["error"], "no backend is healthy");
     // Still alive, though: a container health check must not restart it for this.
-    let live = crate::support::client()
-        .get(lb.url("/_lb/live"))
-        .send()
-        .await
-        .unwrap();
+    let live = client().get(lb.url("/_lb/live")).send().await.unwrap();
     assert_eq!(live.status(), 200);
     lb.stop().await;
 }
@@ -193,8 +240,11 @@ async fn identity_and_status_checks_keep_impostors_out() {
     let _broken = custom(net.addr(12), |_| async {
         text(503, "sweeplb-webapp but down")
     });
-    let lb = Balancer::start(&net.config("  expect_body: sweeplb-webapp\n", "")).await;
-    lb.wait_healthy(&[real.addr], Duration::from_secs(5)).await;
+    let lb = Balancer::found(
+        &net.config("  expect_body: sweeplb-webapp\n", ""),
+        &[real.addr],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(lb.healthy().await, [real.addr.to_string()]);
     let (_, h) = lb.health().await;
@@ -221,9 +271,7 @@ async fn a_failing_backend_leaves_after_fall_checks_and_rejoins_after_rise() {
             }
         }
     });
-    let lb = Balancer::start(&net.config("", "")).await;
-    lb.wait_healthy(&[backend.addr], Duration::from_secs(5))
-        .await;
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
     healthy.store(false, std::sync::atomic::Ordering::Relaxed);
     lb.wait_healthy(&[], Duration::from_secs(3)).await;
     let (status, h) = lb.health().await;

@@ -12,13 +12,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::net::IpAddr;
 use std::panic::AssertUnwindSafe;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
-use serde_json::Value;
+
+use crate::support::docker::{
+    Cleanup, Compose, Lab, build_images, container_ip, docker, engine_available, finished_at,
+    free_port, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
+};
+use crate::support::{Page, User, chain, client, eventually, round, visit};
 
 /// The prober settings of docker/config.yaml and docker/stack-config.yaml; the bounds
 /// are stated in them.
@@ -174,13 +179,10 @@ async fn compose_lab(tag: &str) {
         } else {
             3000
         };
-        let body = eventually(Duration::from_secs(5), move || async move {
-            let r = plain_client()
-                .get(format!("http://{addr}:{port}/health"))
-                .send()
-                .await
-                .ok()?;
-            r.text().await.ok()
+        let url = format!("http://{addr}:{port}/health");
+        let body = eventually(Duration::from_secs(5), async || {
+            let r = client().get(&url).send().await.map_err(|e| chain(&e))?;
+            r.text().await.map_err(|e| chain(&e))
         })
         .await;
         assert!(
@@ -204,16 +206,16 @@ async fn compose_lab(tag: &str) {
     let discovered = up_at.elapsed();
 
     // 2. Fifty users, each with its own cookie jar: sticky, and spread over all three.
-    let mut sims: Vec<Sim> = (0..CLIENTS).map(Sim::new).collect();
+    let mut crowd = Crowd::new(&base, CLIENTS);
     for _ in 0..5 {
-        round(&mut sims, &base, "steady").await;
+        crowd.round("steady").await;
     }
-    assert_clean(&sims, "steady");
+    assert_clean(&crowd, "steady");
     assert!(
-        sims.iter().all(|s| s.views == 5),
+        crowd.seen.iter().all(|s| s.views == 5),
         "every user counted 1..5 without a reset"
     );
-    let initial = spread(&sims);
+    let initial = spread(&crowd);
     assert_eq!(
         initial.keys().copied().collect::<BTreeSet<_>>(),
         webapps,
@@ -222,7 +224,7 @@ async fn compose_lab(tag: &str) {
 
     // 3. Scale to five: the new ones join and take traffic within the join bound.
     let old = webapps.clone();
-    let (joins, _) = while_loading(&mut sims, &base, "scale-up", async {
+    let (joins, _) = while_loading(&mut crowd, "scale-up", async {
         run_async(lab.command(&["up", "--detach", "--no-recreate", "--scale", "webapp=5"])).await;
         let now = lab.webapp_ips(&network);
         let new: BTreeSet<IpAddr> = now.difference(&old).copied().collect();
@@ -254,8 +256,8 @@ async fn compose_lab(tag: &str) {
     })
     .await;
     let (new, joined, serving) = joins;
-    assert_clean(&sims, "scale-up");
-    for s in &sims {
+    assert_clean(&crowd, "scale-up");
+    for s in &crowd.seen {
         for m in s.moves.iter().filter(|m| m.phase == "scale-up") {
             assert!(
                 new.contains(&m.to),
@@ -266,7 +268,8 @@ async fn compose_lab(tag: &str) {
             );
         }
     }
-    let moved_on_scale = sims
+    let moved_on_scale = crowd
+        .seen
         .iter()
         .filter(|s| s.moves.iter().any(|m| m.phase == "scale-up"))
         .count();
@@ -280,7 +283,7 @@ async fn compose_lab(tag: &str) {
     );
 
     // 4. Kill the busiest webapp while the users keep going.
-    let on: BTreeMap<IpAddr, usize> = spread(&sims);
+    let on: BTreeMap<IpAddr, usize> = spread(&crowd);
     let victim = *on
         .iter()
         .max_by_key(|(_, n)| **n)
@@ -291,13 +294,14 @@ async fn compose_lab(tag: &str) {
         .into_iter()
         .find(|id| container_ip(id, &network) == victim)
         .expect("the victim is a running webapp");
-    let victims: BTreeSet<usize> = sims
+    let victims: BTreeSet<usize> = crowd
+        .seen
         .iter()
         .filter(|s| s.backend == Some(victim))
         .map(|s| s.id)
         .collect();
     let rounds = AtomicUsize::new(0);
-    let (left, _) = while_loading_counted(&mut sims, &base, "kill", &rounds, async {
+    let (left, _) = while_loading_counted(&mut crowd, "kill", &rounds, async {
         run_async(docker(&["kill", &victim_id])).await;
         let died = finished_at(&victim_id);
         let (_, gone_at) = lb
@@ -308,22 +312,32 @@ async fn compose_lab(tag: &str) {
         // Let every user make a few more requests against the pool without it.
         let rounds = &rounds;
         let after = rounds.load(Ordering::SeqCst);
-        eventually(Duration::from_secs(30), move || async move {
-            (rounds.load(Ordering::SeqCst) >= after + 3).then_some(())
+        eventually(Duration::from_secs(30), async || {
+            let done = rounds.load(Ordering::SeqCst);
+            if done >= after + 3 {
+                Ok(())
+            } else {
+                Err(format!("{} of 3 more rounds", done - after))
+            }
         })
         .await;
         gone_at.duration_since(died).unwrap_or_default()
     })
     .await;
-    let failures: Vec<String> = sims.iter().flat_map(|s| s.failures.clone()).collect();
-    let slowest = sims.iter().map(|s| s.slowest).max().unwrap_or_default();
+    let failures: Vec<String> = crowd.seen.iter().flat_map(|s| s.failures.clone()).collect();
+    let slowest = crowd
+        .seen
+        .iter()
+        .map(|s| s.slowest)
+        .max()
+        .unwrap_or_default();
     assert!(
         failures.is_empty(),
         "{} requests failed during the kill: {failures:#?}",
         failures.len()
     );
-    assert_clean(&sims, "kill");
-    for s in &sims {
+    assert_clean(&crowd, "kill");
+    for s in &crowd.seen {
         let moves: Vec<&Move> = s.moves.iter().filter(|m| m.phase == "kill").collect();
         if victims.contains(&s.id) {
             assert_eq!(
@@ -348,7 +362,7 @@ async fn compose_lab(tag: &str) {
 
     // 6. Restart the balancer: with the same healthy set, everyone lands where they were.
     let live = lab.webapp_ips(&network);
-    let before: Vec<Option<IpAddr>> = sims.iter().map(|s| s.backend).collect();
+    let before: Vec<Option<IpAddr>> = crowd.seen.iter().map(|s| s.backend).collect();
     let restart = Instant::now();
     run(&mut docker(&["restart", "-t", "15", &balancer]));
     let back_up = Instant::now();
@@ -363,13 +377,10 @@ async fn compose_lab(tag: &str) {
         |h| h.healthy == live,
     )
     .await;
-    for s in &mut sims {
-        // The old keep-alive connections died with the balancer; the cookies survive.
-        s.reconnect();
-    }
-    round(&mut sims, &base, "restarted").await;
-    assert_clean(&sims, "restarted");
-    let after: Vec<Option<IpAddr>> = sims.iter().map(|s| s.backend).collect();
+    crowd.reconnect();
+    crowd.round("restarted").await;
+    assert_clean(&crowd, "restarted");
+    let after: Vec<Option<IpAddr>> = crowd.seen.iter().map(|s| s.backend).collect();
     assert_eq!(
         before, after,
         "every user is routed to the same webapp after the restart"
@@ -485,9 +496,13 @@ async fn swarm_stack(tag: &str) {
             .map(str::to_string)
             .collect()
     };
-    let (balancers, webapps) = eventually(Duration::from_secs(60), || {
+    let (balancers, webapps) = eventually(Duration::from_secs(60), async || {
         let (b, w) = (running("balancer"), running("webapp"));
-        std::future::ready((b.len() == 2 && w.len() == 3).then_some((b, w)))
+        if b.len() == 2 && w.len() == 3 {
+            Ok((b, w))
+        } else {
+            Err(format!("balancers {b:?}, webapps {w:?}"))
+        }
     })
     .await;
     let network = format!("{stack}_lab");
@@ -536,15 +551,16 @@ async fn swarm_stack(tag: &str) {
     }
 
     // The same cookie, through either replica, to the same webapp.
-    let http = plain_client();
+    let http = client();
     let mut routes: BTreeMap<String, BTreeSet<IpAddr>> = BTreeMap::new();
     for user in 0..40 {
         let cookie = format!("sweeplb=e2e-user-{user}");
         for r in &replicas {
             for _ in 0..2 {
-                let (ip, _) = visit_with(&http, &r.base, Some(&cookie))
+                let page = visit(&http, &format!("{}/", r.base), Some(&cookie))
                     .await
-                    .expect("the replica answers");
+                    .unwrap_or_else(|e| panic!("{} answers: {e}", r.base));
+                let ip = page.backend;
                 routes.entry(cookie.clone()).or_default().insert(ip);
             }
         }
@@ -558,16 +574,16 @@ async fn swarm_stack(tag: &str) {
     assert_eq!(used, webapp_ips, "the users spread over all webapps");
 
     // The routing mesh (the published port) needs IPVS in the kernel, which some hosts lack.
-    let mesh = match visit_with(
+    let mesh = match visit(
         &http,
-        &format!("http://127.0.0.1:{port}"),
+        &format!("http://127.0.0.1:{port}/"),
         Some("sweeplb=e2e-user-0"),
     )
     .await
     {
-        Ok((ip, _)) => {
+        Ok(page) => {
             assert!(
-                routes["sweeplb=e2e-user-0"].contains(&ip),
+                routes["sweeplb=e2e-user-0"].contains(&page.backend),
                 "the published port routes the same way"
             );
             "the published port routes the same way".to_string()
@@ -593,428 +609,36 @@ async fn swarm_stack(tag: &str) {
     );
 }
 
-// ---- the engine, commands and cleanup ----
-
-/// Whether the tests can run; under `CI=true` a missing engine is a failure, not a skip.
-fn engine_available(test: &str, also: &[&str]) -> bool {
-    let problem = match Command::new("docker")
-        .args(["version", "--format", "{{.Server.Version}}"])
-        .output()
-    {
-        Err(e) => Some(format!("cannot run `docker`: {e}")),
-        Ok(o) if !o.status.success() => Some(format!(
-            "no Docker engine answers `docker version`: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        )),
-        Ok(_) => also
-            .iter()
-            .find_map(|tool| match Command::new(tool).arg("version").output() {
-                Ok(o) if o.status.success() => None,
-                Ok(o) => Some(format!(
-                    "`{tool} version` failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                )),
-                Err(e) => Some(format!("cannot run `{tool}`: {e}")),
-            }),
-    };
-    let Some(problem) = problem else { return true };
-    if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
-        panic!("CI is set and {test} cannot run: {problem}");
-    }
-    eprintln!("\n!!! SKIPPED {test}: {problem}. (With CI=true this is a failure.)\n");
-    false
+/// The users of a scenario, and what each has seen so far.
+struct Crowd {
+    users: Vec<User>,
+    seen: Vec<Seen>,
 }
 
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn docker(args: &[&str]) -> Command {
-    let mut c = Command::new("docker");
-    c.args(args);
-    c
-}
-
-/// Runs a command that must succeed; its stdout, trimmed.
-fn run(cmd: &mut Command) -> String {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed ({}):\n{}\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).trim().to_string()
-}
-
-/// A container's log, both streams (sweeplb logs to stderr).
-fn logs(id: &str) -> String {
-    let o = docker(&["logs", id])
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run docker logs: {e}"));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-/// Without blocking the runtime, so the simulated users keep going meanwhile.
-async fn run_async(mut cmd: Command) -> String {
-    tokio::task::spawn_blocking(move || run(&mut cmd))
-        .await
-        .expect("the command thread")
-}
-
-/// Stdout of a command whose failure is not the test's business (cleanup, polling).
-fn output(cmd: &mut Command) -> String {
-    cmd.output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn quiet(cmd: &mut Command) {
-    match cmd.output() {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => eprintln!(
-            "cleanup: {cmd:?}: {}",
-            String::from_utf8_lossy(&o.stderr).trim()
-        ),
-        Err(e) => eprintln!("cleanup: {cmd:?}: {e}"),
-    }
-}
-
-fn inspect(args: &[&str]) -> Value {
-    let text = run(&mut docker(args));
-    let v: Value =
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("docker {args:?}: {e}: {text}"));
-    v[0].clone()
-}
-
-fn container_ip(id: &str, network: &str) -> IpAddr {
-    let v = inspect(&["container", "inspect", id]);
-    let text = v["NetworkSettings"]["Networks"][network]["IPAddress"]
-        .as_str()
-        .unwrap_or_default();
-    text.parse()
-        .unwrap_or_else(|_| panic!("container {id} has an address on {network}: {text:?}"))
-}
-
-fn docker_time(id: &str, field: &str) -> SystemTime {
-    let v = inspect(&["container", "inspect", id]);
-    let text = v["State"][field].as_str().unwrap_or_default();
-    humantime::parse_rfc3339(text).unwrap_or_else(|e| panic!("{id} State.{field} {text:?}: {e}"))
-}
-
-fn started_at(id: &str) -> SystemTime {
-    docker_time(id, "StartedAt")
-}
-
-fn finished_at(id: &str) -> SystemTime {
-    docker_time(id, "FinishedAt")
-}
-
-fn ip(text: &str) -> IpAddr {
-    text.parse().expect("a literal address")
-}
-
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
-
-type Step = Box<dyn FnOnce()>;
-
-/// Undo steps, run in reverse order on drop, pass or fail.
-#[derive(Default)]
-struct Cleanup {
-    steps: Vec<(&'static str, Step)>,
-}
-
-impl Cleanup {
-    fn push(&mut self, what: &'static str, step: impl FnOnce() + 'static) {
-        self.steps.push((what, Box::new(step)));
-    }
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        while let Some((what, step)) = self.steps.pop() {
-            let t = Instant::now();
-            step();
-            eprintln!("cleanup: {what} ({:.1?})", t.elapsed());
-        }
-    }
-}
-
-/// docker/build.sh with a tag of this run's own, removed afterwards.
-fn build_images(cleanup: &mut Cleanup, tag: &str) -> Duration {
-    let images = [format!("sweeplb:{tag}"), format!("sweeplb-webapp:{tag}")];
-    cleanup.push("docker rmi", move || {
-        // A container still using an image (a swarm task not yet reaped) would turn `rmi` into
-        // a mere untag and leave the image behind, dangling. The tag is this run's own, so any
-        // container from it is too.
-        for image in &images {
-            let users = output(&mut docker(&[
-                "ps",
-                "--all",
-                "--quiet",
-                "--filter",
-                &format!("ancestor={image}"),
-            ]));
-            for id in users.split_whitespace() {
-                quiet(&mut docker(&["rm", "--force", id]));
-            }
-        }
-        quiet(&mut docker(&["rmi", &images[0], &images[1]]));
-    });
-    let t = Instant::now();
-    run(Command::new(repo().join("docker/build.sh")).env("SWEEPLB_TAG", tag));
-    t.elapsed()
-}
-
-struct Compose {
-    project: String,
-    tag: String,
-    publish: String,
-}
-
-impl Compose {
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("docker-compose");
-        c.arg("--file")
-            .arg(repo().join("docker/compose.yaml"))
-            .args(["--project-name", &self.project])
-            .args(args)
-            .env("SWEEPLB_TAG", &self.tag)
-            .env("SWEEPLB_PUBLISH", &self.publish);
-        c
-    }
-
-    fn running(&self, service: &str) -> Vec<String> {
-        output(&mut docker(&[
-            "ps",
-            "--quiet",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
-    }
-
-    fn container(&self, service: &str) -> String {
-        let ids = self.running(service);
-        assert_eq!(ids.len(), 1, "one {service} container: {ids:?}");
-        ids[0].clone()
-    }
-
-    fn webapps(&self) -> Vec<String> {
-        self.running("webapp")
-    }
-
-    fn webapp_ips(&self, network: &str) -> BTreeSet<IpAddr> {
-        self.webapps()
-            .iter()
-            .map(|id| container_ip(id, network))
-            .collect()
-    }
-}
-
-// ---- what /_lb/health says ----
-
-struct Health {
-    healthy: BTreeSet<IpAddr>,
-    /// Every backend listed, in any state.
-    listed: BTreeSet<IpAddr>,
-    body: Value,
-}
-
-impl Health {
-    fn requests(&self, addr: &IpAddr) -> u64 {
-        self.body["backends"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .find(|b| backend_ip(b) == Some(*addr))
-            .and_then(|b| b["requests"].as_u64())
-            .unwrap_or(0)
-    }
-}
-
-fn backend_ip(b: &Value) -> Option<IpAddr> {
-    b["addr"]
-        .as_str()?
-        .parse::<std::net::SocketAddr>()
-        .ok()
-        .map(|a| a.ip())
-}
-
-/// One balancer as seen from the host; every look at its health also checks that none of
-/// `forbidden` (gateway, balancer, impostors) is ever listed.
-struct Lab {
-    base: String,
-    http: reqwest::Client,
-    forbidden: BTreeMap<IpAddr, String>,
-    polls: usize,
-}
-
-impl Lab {
-    fn new(port: u16, forbidden: BTreeMap<IpAddr, String>) -> Lab {
-        Lab::at(format!("http://127.0.0.1:{port}"), forbidden)
-    }
-
-    fn at(base: String, forbidden: BTreeMap<IpAddr, String>) -> Lab {
-        Lab {
-            base,
-            http: plain_client(),
-            forbidden,
-            polls: 0,
+impl Crowd {
+    fn new(base: &str, n: usize) -> Crowd {
+        Crowd {
+            users: (0..n).map(|_| User::at(base)).collect(),
+            seen: (0..n).map(Seen::new).collect(),
         }
     }
 
-    fn forbid(&mut self, addr: IpAddr, why: &str) {
-        self.forbidden.insert(addr, why.to_string());
-    }
-
-    async fn health(&mut self) -> Result<Health, String> {
-        self.polls += 1;
-        let resp = self
-            .http
-            .get(format!("{}/_lb/health", self.base))
-            .send()
-            .await
-            .map_err(chain)?;
-        let body: Value = resp.json().await.map_err(chain)?;
-        let mut h = Health {
-            healthy: BTreeSet::new(),
-            listed: BTreeSet::new(),
-            body,
-        };
-        for b in h.body["backends"].as_array().into_iter().flatten() {
-            let Some(addr) = backend_ip(b) else { continue };
-            h.listed.insert(addr);
-            if b["state"] == "healthy" {
-                h.healthy.insert(addr);
-            }
-        }
-        for addr in &h.listed {
-            if let Some(why) = self.forbidden.get(addr) {
-                panic!(
-                    "{addr} ({why}) is listed by {}/_lb/health: {:#}",
-                    self.base, h.body
-                );
-            }
-        }
-        Ok(h)
-    }
-
-    /// Polls until `done`; the first such health and when it was seen.
-    async fn wait(
-        &mut self,
-        within: Duration,
-        what: &str,
-        mut done: impl FnMut(&Health) -> bool,
-    ) -> (Health, SystemTime) {
-        let deadline = Instant::now() + within;
-        loop {
-            let seen = self.health().await;
-            let at = SystemTime::now();
-            match seen {
-                Ok(h) if done(&h) => return (h, at),
-                Ok(h) if Instant::now() > deadline => {
-                    panic!(
-                        "not {what} within {within:?}; /_lb/health says {:#}",
-                        h.body
-                    )
-                }
-                Err(e) if Instant::now() > deadline => panic!("not {what} within {within:?}: {e}"),
-                _ => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
+    /// One request by every user, all at once, each page recorded under `phase`.
+    async fn round(&mut self, phase: &'static str) {
+        for (seen, page) in self.seen.iter_mut().zip(round(&self.users).await) {
+            seen.record(page, phase);
         }
     }
-}
 
-/// Polls `f` every 100ms until it gives a value.
-async fn eventually<T, F: Future<Output = Option<T>>>(
-    within: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "gave up after {within:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    /// The old keep-alive connections died with the balancer; the cookies survive.
+    fn reconnect(&mut self) {
+        self.users.iter_mut().for_each(User::reconnect);
     }
 }
 
-fn plain_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .expect("a reqwest client")
-}
-
-fn chain(e: reqwest::Error) -> String {
-    let mut s = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        s.push_str(": ");
-        s.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    s
-}
-
-/// `GET /`: the backend that answered (x-backend-ip) and its `sessionViews`.
-async fn visit_with(
-    http: &reqwest::Client,
-    base: &str,
-    cookie: Option<&str>,
-) -> Result<(IpAddr, u64), String> {
-    let mut req = http.get(format!("{base}/"));
-    if let Some(c) = cookie {
-        req = req.header("cookie", c);
-    }
-    let resp = req.send().await.map_err(chain)?;
-    let status = resp.status();
-    let header = resp
-        .headers()
-        .get("x-backend-ip")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
-    let body = resp.text().await.map_err(chain)?;
-    if status != 200 {
-        return Err(format!("status {status}: {body}"));
-    }
-    let page: Value = serde_json::from_str(&body).map_err(|e| format!("{e}: {body}"))?;
-    let ip: IpAddr = header
-        .and_then(|h| h.parse().ok())
-        .ok_or_else(|| format!("no x-backend-ip header: {body}"))?;
-    if page["ip"].as_str() != Some(&ip.to_string()) {
-        return Err(format!("x-backend-ip {ip} but the body says {body}"));
-    }
-    let views = page["sessionViews"]
-        .as_u64()
-        .ok_or_else(|| format!("no sessionViews: {body}"))?;
-    Ok((ip, views))
-}
-
-// ---- simulated users ----
-
-/// A browser-like user with its own cookie jar, remembering what it saw.
-struct Sim {
+/// What one user saw, page after page.
+struct Seen {
     id: usize,
-    jar: std::sync::Arc<reqwest::cookie::Jar>,
-    http: reqwest::Client,
     backend: Option<IpAddr>,
     views: u64,
     moves: Vec<Move>,
@@ -1033,13 +657,10 @@ struct Move {
     views: u64,
 }
 
-impl Sim {
-    fn new(id: usize) -> Sim {
-        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
-        Sim {
+impl Seen {
+    fn new(id: usize) -> Seen {
+        Seen {
             id,
-            http: user_client(&jar),
-            jar,
             backend: None,
             views: 0,
             moves: Vec::new(),
@@ -1049,26 +670,17 @@ impl Sim {
         }
     }
 
-    /// New connections, same cookies.
-    fn reconnect(&mut self) {
-        self.http = user_client(&self.jar);
-    }
-
-    async fn step(&mut self, base: &str, phase: &'static str) {
-        let t = Instant::now();
-        let result = visit_with(&self.http, base, None).await;
-        self.slowest = self.slowest.max(t.elapsed());
-        let (ip, views) = match result {
-            Ok(r) => r,
+    fn record(&mut self, page: Result<Page, String>, phase: &'static str) {
+        let page = match page {
+            Ok(p) => p,
             Err(e) => {
-                self.failures.push(format!(
-                    "{phase}: user {} after {:.1?}: {e}",
-                    self.id,
-                    t.elapsed()
-                ));
+                self.failures
+                    .push(format!("{phase}: user {}: {e}", self.id));
                 return;
             }
         };
+        self.slowest = self.slowest.max(page.took);
+        let (ip, views) = (page.backend, page.views);
         let expected = match self.backend {
             Some(prev) if prev == ip => self.views + 1,
             Some(prev) => {
@@ -1093,34 +705,18 @@ impl Sim {
     }
 }
 
-fn user_client(jar: &std::sync::Arc<reqwest::cookie::Jar>) -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .cookie_provider(std::sync::Arc::clone(jar))
-        // Longer than anything the balancer may legitimately take during a kill.
-        .timeout(Duration::from_secs(15))
-        .build()
-        .expect("a reqwest client")
-}
-
-async fn round(sims: &mut [Sim], base: &str, phase: &'static str) {
-    futures::future::join_all(sims.iter_mut().map(|s| s.step(base, phase))).await;
-}
-
 /// Users keep making requests, round after round, until `work` is done.
 async fn while_loading<T>(
-    sims: &mut [Sim],
-    base: &str,
+    crowd: &mut Crowd,
     phase: &'static str,
     work: impl Future<Output = T>,
 ) -> (T, usize) {
     let rounds = AtomicUsize::new(0);
-    while_loading_counted(sims, base, phase, &rounds, work).await
+    while_loading_counted(crowd, phase, &rounds, work).await
 }
 
 async fn while_loading_counted<T>(
-    sims: &mut [Sim],
-    base: &str,
+    crowd: &mut Crowd,
     phase: &'static str,
     rounds: &AtomicUsize,
     work: impl Future<Output = T>,
@@ -1128,7 +724,7 @@ async fn while_loading_counted<T>(
     let done = AtomicBool::new(false);
     let load = async {
         while !done.load(Ordering::SeqCst) && rounds.load(Ordering::SeqCst) < MAX_ROUNDS {
-            round(sims, base, phase).await;
+            crowd.round(phase).await;
             rounds.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1142,33 +738,32 @@ async fn while_loading_counted<T>(
     (out, rounds.load(Ordering::SeqCst))
 }
 
-fn assert_clean(sims: &[Sim], phase: &str) {
-    let failures: Vec<&String> = sims.iter().flat_map(|s| &s.failures).collect();
+fn assert_clean(crowd: &Crowd, phase: &str) {
+    let seen = &crowd.seen;
+    let failures: Vec<&String> = seen.iter().flat_map(|s| &s.failures).collect();
     assert!(
         failures.is_empty(),
         "failed requests by {phase}: {failures:#?}"
     );
-    let resets: Vec<&String> = sims.iter().flat_map(|s| &s.resets).collect();
+    let resets: Vec<&String> = seen.iter().flat_map(|s| &s.resets).collect();
     assert!(
         resets.is_empty(),
         "session counts reset by {phase}: {resets:#?}"
     );
     if phase == "steady" || phase == "restarted" {
-        let moves: Vec<(usize, &Move)> = sims
+        let moved: Vec<(usize, &Move)> = seen
             .iter()
             .flat_map(|s| s.moves.iter().map(move |m| (s.id, m)))
+            .filter(|(_, m)| m.phase == phase)
             .collect();
-        let moved: Vec<_> = moves.iter().filter(|(_, m)| m.phase == phase).collect();
         assert!(moved.is_empty(), "users moved during {phase}: {moved:?}");
     }
 }
 
-fn spread(sims: &[Sim]) -> BTreeMap<IpAddr, usize> {
+fn spread(crowd: &Crowd) -> BTreeMap<IpAddr, usize> {
     let mut on = BTreeMap::new();
-    for s in sims {
-        if let Some(b) = s.backend {
-            *on.entry(b).or_insert(0) += 1;
-        }
+    for b in crowd.seen.iter().filter_map(|s| s.backend) {
+        *on.entry(b).or_insert(0) += 1;
     }
     on
 }

@@ -5,5 +5,6 @@ mod discovery;
 mod docker;
 mod forwarding;
 mod lifecycle;
+mod retry;
 mod stickiness;
 mod support;

@@ -4,31 +4,24 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use crate::support::{Balancer, Net, addrs, client, lab, round, users, webapp, webapps};
+use crate::support::{
+    Balancer, Net, addrs, backend_ip, candidates, client, get, lab, pages, users, webapp, webapps,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_user_keeps_its_backend_and_users_spread() {
     let net = Net::new(20);
     let (_backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
-    let crowd = users(&lb, 50).await;
-    let first: Vec<_> = round(&crowd)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let crowd = users(&lb, 50);
+    let first = pages(&crowd).await;
     for n in 2..=5u64 {
-        for (page, start) in round(&crowd)
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .zip(&first)
-        {
+        for (page, start) in pages(&crowd).await.into_iter().zip(&first) {
             assert_eq!(page.backend, start.backend, "a user changed backend");
             assert_eq!(page.views, n, "a user's session was reset");
         }
     }
-    let spread: BTreeSet<_> = first.iter().map(|p| p.backend.clone()).collect();
+    let spread: BTreeSet<_> = first.iter().map(|p| p.backend).collect();
     assert_eq!(
         spread.len(),
         3,
@@ -41,22 +34,14 @@ async fn each_user_keeps_its_backend_and_users_spread() {
 async fn a_join_moves_only_users_that_now_hash_to_the_new_backend() {
     let net = Net::new(21);
     let (mut backends, lb) = lab(&net, &[10, 11, 12], "").await;
-    let crowd = users(&lb, 60).await;
-    let before: Vec<_> = round(&crowd)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let crowd = users(&lb, 60);
+    let before = pages(&crowd).await;
 
     backends.push(webapp(net.addr(13)));
     lb.wait_healthy(&addrs(&backends), Duration::from_secs(5))
         .await;
-    let after: Vec<_> = round(&crowd)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    let new_ip = net.ip(13).to_string();
+    let after = pages(&crowd).await;
+    let new_ip = net.ip(13);
     let mut moved = 0;
     for (b, a) in before.iter().zip(&after) {
         if a.backend == b.backend {
@@ -80,7 +65,7 @@ async fn the_cookie_is_set_on_the_first_response_and_honoured_after() {
     let (_backends, lb) = lab(&net, &[10, 11, 12], "").await;
 
     let resp = client().get(lb.url("/")).send().await.unwrap();
-    let first = resp.headers()["x-backend-ip"].to_str().unwrap().to_string();
+    let first = backend_ip(&resp);
     let cookies: Vec<_> = resp
         .headers()
         .get_all("set-cookie")
@@ -96,18 +81,13 @@ async fn the_cookie_is_set_on_the_first_response_and_honoured_after() {
     }
     let value = ours.split(';').next().unwrap();
     for _ in 0..10 {
-        let resp = client()
-            .get(lb.url("/"))
-            .header("cookie", value)
-            .send()
-            .await
-            .unwrap();
+        let resp = get(&lb.url("/"), &[("cookie", value)]).await;
         assert!(
             resp.headers()
                 .get("set-cookie")
                 .is_none_or(|c| !c.to_str().unwrap().starts_with("sweeplb="))
         );
-        assert_eq!(resp.headers()["x-backend-ip"], first.as_str());
+        assert_eq!(backend_ip(&resp), first);
     }
     lb.stop().await;
 }
@@ -118,23 +98,17 @@ async fn header_and_client_ip_keys_route_consistently() {
     let backends = webapps(&net, &[10, 11, 12, 13]);
     let addrs = addrs(&backends);
 
-    let lb = Balancer::start(&net.config("", "balance:\n  key: header:X-User\n")).await;
-    lb.wait_healthy(&addrs, Duration::from_secs(5)).await;
+    let lb = Balancer::found(&net.config("", "balance:\n  key: header:X-User\n"), &addrs).await;
     let mut placement = BTreeMap::new();
     for user in 0..40 {
         for _ in 0..3 {
-            let resp = client()
-                .get(lb.url("/"))
-                .header("x-user", format!("user-{user}"))
-                .send()
-                .await
-                .unwrap();
+            let resp = get(&lb.url("/"), &[("x-user", format!("user-{user}").as_str())]).await;
             assert!(
                 resp.headers()
                     .get("set-cookie")
                     .is_none_or(|c| !c.to_str().unwrap().starts_with("sweeplb="))
             );
-            let ip = resp.headers()["x-backend-ip"].to_str().unwrap().to_string();
+            let ip = backend_ip(&resp);
             assert_eq!(
                 placement.entry(user).or_insert_with(|| ip.clone()),
                 &ip,
@@ -149,23 +123,37 @@ async fn header_and_client_ip_keys_route_consistently() {
     );
     lb.stop().await;
 
-    let lb = Balancer::start(&net.config("", "balance:\n  key: client_ip\n")).await;
-    lb.wait_healthy(&addrs, Duration::from_secs(5)).await;
-    let mut seen = BTreeSet::new();
-    for _ in 0..10 {
-        // A client-supplied X-Forwarded-For must not steer the hash.
-        let resp = client()
-            .get(lb.url("/"))
-            .header("x-forwarded-for", format!("127.1.2.{}", fastrand::u8(..)))
-            .send()
-            .await
+    // Each client connects from a source address of its own; the ring says where each IP
+    // belongs, and a client-supplied X-Forwarded-For must not steer it.
+    let lb = Balancer::found(&net.config("", "balance:\n  key: client_ip\n"), &addrs).await;
+    let mut placement = BTreeMap::new();
+    for last in 100..140 {
+        let ip = net.ip(last);
+        let std::net::IpAddr::V4(v4) = ip else {
+            unreachable!("Net is IPv4")
+        };
+        let home = candidates(&addrs, &v4.octets())[0].ip();
+        let from = reqwest::Client::builder()
+            .no_proxy()
+            .local_address(ip)
+            .timeout(Duration::from_secs(10))
+            .build()
             .unwrap();
-        seen.insert(resp.headers()["x-backend-ip"].to_str().unwrap().to_string());
+        for _ in 0..3 {
+            let resp = from
+                .get(lb.url("/"))
+                .header("x-forwarded-for", format!("127.1.2.{}", fastrand::u8(..)))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(backend_ip(&resp), home.to_string(), "client {ip}");
+        }
+        placement.insert(ip, home);
     }
-    assert_eq!(
-        seen.len(),
-        1,
-        "one client IP must map to one backend: {seen:?}"
+    let spread: BTreeSet<_> = placement.values().collect();
+    assert!(
+        spread.len() > 1,
+        "40 client IPs over 4 backends reached only {spread:?}"
     );
     lb.stop().await;
 }
@@ -175,29 +163,13 @@ async fn two_balancers_route_a_cookie_to_the_same_backend() {
     let net = Net::new(24);
     let backends = webapps(&net, &[10, 11, 12, 13, 14]);
     let addrs = addrs(&backends);
-    let a = Balancer::start(&net.config("", "")).await;
-    let b = Balancer::start(&net.config("", "")).await;
-    a.wait_healthy(&addrs, Duration::from_secs(5)).await;
-    b.wait_healthy(&addrs, Duration::from_secs(5)).await;
+    let a = Balancer::found(&net.config("", ""), &addrs).await;
+    let b = Balancer::found(&net.config("", ""), &addrs).await;
     for i in 0..30 {
         let cookie = format!("sweeplb=user-{i}");
-        let via_a = client()
-            .get(a.url("/"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        let via_b = client()
-            .get(b.url("/"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            via_a.headers()["x-backend-ip"],
-            via_b.headers()["x-backend-ip"],
-            "{cookie}"
-        );
+        let via_a = get(&a.url("/"), &[("cookie", cookie.as_str())]).await;
+        let via_b = get(&b.url("/"), &[("cookie", cookie.as_str())]).await;
+        assert_eq!(backend_ip(&via_a), backend_ip(&via_b), "{cookie}");
     }
     a.stop().await;
     b.stop().await;
