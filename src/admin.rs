@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::message::json;
 use crate::pool::Snapshot;
-use crate::proxy::UpstreamStats;
+use crate::proxy::{StickyStats, UpstreamStats};
 
 /// The document `/_lb/health` answers.
 #[derive(Serialize)]
@@ -21,6 +21,10 @@ struct HealthView<'a> {
     recently_left: Vec<DepartureView<'a>>,
     last_sweep: Option<SweepView>,
     upstream: UpstreamView,
+    /// Users moved off their pinned backend since start, by reason.
+    sessions_moved: std::collections::BTreeMap<&'static str, u64>,
+    /// New users that bounded load sent past their first choice since start.
+    bounded_load_diverted: u64,
 }
 
 #[derive(Serialize)]
@@ -33,8 +37,12 @@ struct BackendView<'a> {
     last_check_ms: Option<f64>,
     consecutive_ok: u32,
     consecutive_fail: u32,
+    /// The instance its health answer names, if any.
+    instance: Option<&'a str>,
     requests: u64,
     inflight: u64,
+    /// Users whose pin names it, seen within `balance.session_idle`.
+    sessions: u64,
     last_error: Option<&'a str>,
 }
 
@@ -75,6 +83,7 @@ pub(crate) fn respond<B>(
     req: &Request<B>,
     snapshot: &Snapshot,
     upstream: &UpstreamStats,
+    sticky: &StickyStats,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
@@ -86,7 +95,7 @@ pub(crate) fn respond<B>(
         return resp;
     }
     match req.uri().path() {
-        "/_lb/health" => health(snapshot, upstream),
+        "/_lb/health" => health(snapshot, upstream, sticky),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
@@ -97,7 +106,7 @@ pub(crate) fn respond<B>(
     }
 }
 
-fn health(s: &Snapshot, upstream: &UpstreamStats) -> Response<Full<Bytes>> {
+fn health(s: &Snapshot, upstream: &UpstreamStats, sticky: &StickyStats) -> Response<Full<Bytes>> {
     let healthy = s.healthy();
     let view = HealthView {
         status: if healthy > 0 {
@@ -117,8 +126,10 @@ fn health(s: &Snapshot, upstream: &UpstreamStats) -> Response<Full<Bytes>> {
                 last_check_ms: m.last_check.map(ms),
                 consecutive_ok: m.consecutive_ok,
                 consecutive_fail: m.consecutive_fail,
+                instance: m.backend.instance.as_deref(),
                 requests: m.backend.requests(),
                 inflight: m.backend.inflight(),
+                sessions: m.backend.sessions(),
                 last_error: m.last_error.as_deref(),
             })
             .collect(),
@@ -142,6 +153,8 @@ fn health(s: &Snapshot, upstream: &UpstreamStats) -> Response<Full<Bytes>> {
             reused: upstream.reused,
             idle: upstream.idle,
         },
+        sessions_moved: sticky.moved.iter().copied().collect(),
+        bounded_load_diverted: sticky.diverted,
     };
     let status = if healthy > 0 {
         StatusCode::OK

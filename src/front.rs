@@ -48,8 +48,8 @@ impl Service for Front {
         let path = req.uri().path();
         if path == "/_lb" || path.starts_with("/_lb/") {
             let snapshot = Arc::clone(&self.pool.borrow());
-            let stats = self.proxy.upstream_stats();
-            return admin::respond(&req, &snapshot, &stats).map(Either::Right);
+            let (upstream, sticky) = (self.proxy.upstream_stats(), self.proxy.sticky_stats());
+            return admin::respond(&req, &snapshot, &upstream, &sticky).map(Either::Right);
         }
         if req.headers().contains_key(PROBE_HEADER) {
             // Another sweeplb (or this one) is probing us: say what we are, never forward.

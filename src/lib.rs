@@ -70,9 +70,11 @@ pub async fn run(
     let (reports, reports_rx) = pool::reports();
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
+    let pins = balancer::PinKey::new(config.balance.pin_secret.as_ref().map(|s| s.0.as_str()));
     tasks.spawn(discovery::run(
         config.discovery.clone(),
         listen,
+        pins,
         writer,
         reports_rx,
         prober_stop.clone(),
@@ -84,13 +86,9 @@ pub async fn run(
         header_read: timeouts.header_read,
         shutdown: timeouts.shutdown,
     };
-    let (proxy, workers) = proxy::Proxy::new(
-        reader.clone(),
-        config.balance.key,
-        timeouts,
-        reports,
-        workers(),
-    );
+    let (proxy, workers) =
+        proxy::Proxy::new(reader.clone(), config.balance, timeouts, reports, workers());
+    tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     tracing::info!(%listen, "listening");
     let fronts = front::Front::per_worker(&proxy, workers, &reader);
     server::serve(listener, fronts, settings, shutdown).await;

@@ -37,6 +37,10 @@ enum Command {
         /// The name the health endpoint reports, for `expect_body` identity checks.
         #[arg(long, default_value = "sweeplb-webapp")]
         app: String,
+        /// After SIGTERM, answer health checks as draining and keep serving this long, then
+        /// exit; a second signal exits at once.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        drain_grace: std::time::Duration,
     },
     /// GET one URL and exit 0 on a 2xx answer, 1 otherwise: a container HEALTHCHECK without a
     /// shell.
@@ -62,9 +66,11 @@ fn main() -> ExitCode {
         Some(Command::Probe { url, timeout }) => {
             exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
         }
-        Some(Command::Webapp { listen, app }) => {
-            exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app))))
-        }
+        Some(Command::Webapp {
+            listen,
+            app,
+            drain_grace,
+        }) => exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app, drain_grace)))),
         // The demo always runs its own loopback config, whatever --config says.
         Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
             Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
@@ -215,19 +221,30 @@ async fn probe(url: &str, timeout: std::time::Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn webapp(listen: SocketAddr, app: String) -> anyhow::Result<()> {
+async fn webapp(
+    listen: SocketAddr,
+    app: String,
+    drain_grace: std::time::Duration,
+) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen: cannot bind {listen}"))?;
     tracing::info!(%listen, "webapp listening");
-    let shutdown = CancellationToken::new();
-    on_signal(shutdown.clone());
-    sweeplb::webapp::run(
-        listener,
-        Arc::new(sweeplb::webapp::Webapp::new(&app)),
-        shutdown,
-    )
-    .await;
+    let app = Arc::new(sweeplb::webapp::Webapp::new(&app));
+    let (signalled, shutdown) = (CancellationToken::new(), CancellationToken::new());
+    on_signal(signalled.clone());
+    // The first signal drains: health answers say so, so the balancer sends no new users,
+    // while pinned users are served until the grace has passed.
+    let draining = (Arc::clone(&app), shutdown.clone());
+    tokio::spawn(async move {
+        signalled.cancelled().await;
+        let (app, shutdown) = draining;
+        app.drain();
+        tracing::info!(grace = ?drain_grace, "draining, then exiting");
+        tokio::time::sleep(drain_grace).await;
+        shutdown.cancel();
+    });
+    sweeplb::webapp::run(listener, app, shutdown).await;
     Ok(())
 }
 

@@ -1,11 +1,14 @@
 //! The pool: what the prober publishes and everyone else reads.
 //!
-//! A [`Snapshot`] is immutable and replaced whole. Its [`Routing`] part (the routed backends
-//! and the hash ring over them) is rebuilt only when the routed set changes; between such
-//! changes successive snapshots share it through an `Arc`, so status-only updates (probe
-//! latencies, counters) never rebuild the ring. The only things mutated in place are the
-//! per-backend request counters, which are statistics, not membership.
+//! A [`Snapshot`] is immutable and replaced whole. Its [`Routing`] part (the members that take
+//! requests, the hash ring over those that take new users, and where each known pin leads) is
+//! rebuilt only when one of those changes; between such changes successive snapshots share it
+//! through an `Arc`, so status-only updates (probe latencies, counters) never rebuild it. The
+//! only things mutated in place are the per-backend request and session counters, which are
+//! statistics, not membership.
 
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::{self, Ring};
+use crate::balancer::{self, Lookup, Moved, PinKey, Ring};
 
 /// What the proxy and the admin endpoints hold: the latest snapshot, and a way to wait for the
 /// next one.
@@ -43,17 +46,31 @@ struct Shard {
 #[derive(Debug)]
 pub(crate) struct Backend {
     pub(crate) addr: SocketAddr,
+    /// The instance its health answer names (`x-sweeplb-instance`), if it names one.
+    pub(crate) instance: Option<String>,
+    /// The pin of its identity (address and instance), as cookies carry it.
+    pub(crate) pin: u64,
     counters: [Shard; SHARDS],
+    /// Users seen within `balance.session_idle` whose pin names it, as last tallied, plus the
+    /// new users assigned to it since.
+    sessions: AtomicU64,
     /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
     /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
     gone: CancellationToken,
 }
 
 impl Backend {
-    pub(crate) fn new(addr: SocketAddr) -> Backend {
+    pub(crate) fn new(addr: SocketAddr, instance: Option<String>, pins: &PinKey) -> Backend {
+        let identity = match &instance {
+            Some(i) => format!("{addr}/{i}"),
+            None => addr.to_string(),
+        };
         Backend {
+            pin: pins.pin(identity.as_bytes()),
             addr,
+            instance,
             counters: Default::default(),
+            sessions: AtomicU64::new(0),
             gone: CancellationToken::new(),
         }
     }
@@ -70,6 +87,21 @@ impl Backend {
             .iter()
             .map(|s| s.inflight.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub(crate) fn sessions(&self) -> u64 {
+        self.sessions.load(Ordering::Relaxed)
+    }
+
+    /// The tally of its active sessions.
+    pub(crate) fn set_sessions(&self, n: u64) {
+        self.sessions.store(n, Ordering::Relaxed);
+    }
+
+    /// A new user was assigned to it: counted at once, so that a burst of new users is
+    /// bounded before the next tally.
+    pub(crate) fn add_session(&self) {
+        self.sessions.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn gone(&self) -> &CancellationToken {
@@ -138,31 +170,75 @@ impl std::ops::Deref for Local {
     }
 }
 
-/// The routed backends and the ring over them; `backends[i]` is ring owner `i`.
-#[derive(Debug)]
-pub(crate) struct Routing {
-    pub(crate) backends: Vec<Arc<Backend>>,
-    pub(crate) ring: Ring,
-}
+/// Pins are already hashes: they index a map as they are.
+pub(crate) type PinMap<V> = HashMap<u64, V, BuildHasherDefault<nohash_hasher::NoHashHasher<u64>>>;
 
-impl Default for Routing {
-    fn default() -> Routing {
-        Routing::new(Vec::new())
-    }
+/// What requests are routed by: the members that take requests, the ring over those that take
+/// new users, and where each known pin leads.
+#[derive(Debug, Default)]
+pub(crate) struct Routing {
+    /// The ring's members first (`backends[i]` is ring owner `i`), then the draining members,
+    /// which keep their pinned users but take no new ones.
+    pub(crate) backends: Vec<Arc<Backend>>,
+    /// Over `backends[..ring.len()]`; shared with the routing before when they are the same.
+    pub(crate) ring: Arc<Ring>,
+    pins: PinMap<Lookup>,
 }
 
 impl Routing {
-    /// Builds the ring over `backends`, which the caller gives in address order (the ring
-    /// itself does not depend on the order).
-    pub(crate) fn new(backends: Vec<Arc<Backend>>) -> Routing {
-        let ids: Vec<u64> = backends
-            .iter()
-            .map(|b| balancer::backend_hash(b.addr.to_string().as_bytes()))
-            .collect();
-        Routing {
-            ring: Ring::new(&ids),
-            backends,
+    /// The routing over `ring` members (in address order), `draining` members, and the pins
+    /// of backends whose users must leave them. `previous` is reused for the ring when it has
+    /// the same members, since a ring takes milliseconds to build.
+    pub(crate) fn new(
+        ring: Vec<Arc<Backend>>,
+        draining: Vec<Arc<Backend>>,
+        gone: &[(u64, Moved)],
+        previous: &Routing,
+    ) -> Routing {
+        let same = ring.len() == previous.ring.len()
+            && ring
+                .iter()
+                .zip(&previous.backends)
+                .all(|(a, b)| a.addr == b.addr);
+        let ring_built = if same {
+            Arc::clone(&previous.ring)
+        } else {
+            let ids: Vec<u64> = ring
+                .iter()
+                .map(|b| balancer::backend_hash(b.addr.to_string().as_bytes()))
+                .collect();
+            Arc::new(Ring::new(&ids))
+        };
+        let mut pins = PinMap::default();
+        for (pin, why) in gone {
+            pins.insert(*pin, Lookup::Gone(*why));
         }
+        let backends: Vec<Arc<Backend>> = ring.into_iter().chain(draining).collect();
+        for (index, b) in backends.iter().enumerate() {
+            pins.insert(b.pin, Lookup::Member(index));
+        }
+        Routing {
+            backends,
+            ring: ring_built,
+            pins,
+        }
+    }
+
+    /// Where `pin` leads.
+    pub(crate) fn lookup(&self, pin: u64) -> Lookup {
+        self.pins.get(&pin).copied().unwrap_or(Lookup::Unknown)
+    }
+
+    /// Whether this routing sends requests the way `other` does.
+    pub(crate) fn same_as(&self, other: &Routing) -> bool {
+        self.ring.len() == other.ring.len()
+            && self.backends.len() == other.backends.len()
+            && self
+                .backends
+                .iter()
+                .zip(&other.backends)
+                .all(|(a, b)| Arc::ptr_eq(a, b))
+            && self.pins == other.pins
     }
 }
 
@@ -172,6 +248,8 @@ pub(crate) enum State {
     Joining,
     /// Routed.
     Healthy,
+    /// Routed for its pinned users only: its health answer carries `x-sweeplb-drain`.
+    Draining,
     /// Failing, fewer than `fall` times in a row so far. Still routed unless a real request
     /// could not connect to it (`routed: false`).
     Leaving,
@@ -182,6 +260,7 @@ impl State {
         match self {
             State::Joining => "joining",
             State::Healthy => "healthy",
+            State::Draining => "draining",
             State::Leaving => "leaving",
         }
     }
@@ -230,8 +309,9 @@ pub(crate) struct Snapshot {
 }
 
 impl Snapshot {
+    /// Members that take new users.
     pub(crate) fn healthy(&self) -> usize {
-        self.routing.backends.len()
+        self.routing.ring.len()
     }
 }
 

@@ -4,12 +4,15 @@
 //! `GET /` counts views in a server-side, in-memory session kept by a cookie, so a client that
 //! stays on one backend sees `sessionViews` go 1, 2, 3... and one that is moved starts again
 //! at one. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer.
+//! Every answer names the instance (`x-sweeplb-instance`, the hostname: a container's id), so a
+//! container replaced at the same address is told apart. Once told to drain (the binary does
+//! on SIGTERM), its health answers carry `x-sweeplb-drain` while it goes on serving.
 //!
 //! It is deliberately simple: no persistence, and the session table is bounded by clearing it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +31,11 @@ use crate::server::{self, Client, Service};
 /// The session cookie, named after the one of the Express app this replaces.
 pub const SESSION_COOKIE: &str = "webapp.sid";
 
+/// Names the instance that answered: the balancer's identity of a backend.
+const INSTANCE_HEADER: &str = "x-sweeplb-instance";
+/// On a health answer: this instance is draining.
+const DRAIN_HEADER: &str = "x-sweeplb-drain";
+
 /// Sessions kept before the table is cleared; a bound, not a policy.
 const MAX_SESSIONS: usize = 100_000;
 
@@ -35,8 +43,11 @@ pub struct Webapp {
     /// Named in the health body, so `expect_body` can tell this app from an impostor.
     app: String,
     host: String,
+    /// What `x-sweeplb-instance` says: the hostname unless told otherwise.
+    instance: HeaderValue,
     sessions: Mutex<HashMap<String, u64>>,
     delay_ms: AtomicU64,
+    draining: AtomicBool,
 }
 
 #[derive(Deserialize)]
@@ -51,10 +62,27 @@ impl Webapp {
             .unwrap_or_else(|_| "unknown".to_string());
         Webapp {
             app: app.to_string(),
+            instance: HeaderValue::from_str(&host)
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             host,
             sessions: Mutex::new(HashMap::new()),
             delay_ms: AtomicU64::new(0),
+            draining: AtomicBool::new(false),
         }
+    }
+
+    /// The same app naming itself `instance` (tests run several in one process, where the
+    /// hostname cannot tell them apart).
+    pub fn with_instance(mut self, instance: &str) -> Webapp {
+        if let Ok(v) = HeaderValue::from_str(instance) {
+            self.instance = v;
+        }
+        self
+    }
+
+    /// From now on, health answers ask the balancer to send no new users here.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 
     /// Answers one request that arrived on the local address `local`.
@@ -65,18 +93,29 @@ impl Webapp {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         }
         let mut resp = match (req.method(), req.uri().path()) {
-            (&Method::GET | &Method::HEAD, "/health") => json(
-                StatusCode::OK,
-                serde_json::json!({ "status": "ok", "app": self.app }),
-            ),
+            (&Method::GET | &Method::HEAD, "/health") => {
+                let mut resp = json(
+                    StatusCode::OK,
+                    serde_json::json!({ "status": "ok", "app": self.app }),
+                );
+                if self.draining.load(Ordering::Relaxed) {
+                    resp.headers_mut()
+                        .insert(DRAIN_HEADER, HeaderValue::from_static("1"));
+                }
+                resp
+            }
             (&Method::POST, "/delay") => self.set_delay(req).await,
-            (&Method::GET | &Method::HEAD, "/") => return self.index(&req, local),
+            (&Method::GET | &Method::HEAD, "/") => self.index(&req, local),
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({ "error": "not found" }),
             ),
         };
-        backend_header(&mut resp, local);
+        let headers = resp.headers_mut();
+        if let Ok(v) = HeaderValue::from_str(&local.ip().to_string()) {
+            headers.insert("x-backend-ip", v);
+        }
+        headers.insert(INSTANCE_HEADER, self.instance.clone());
         resp
     }
 
@@ -117,7 +156,6 @@ impl Webapp {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
         }
-        backend_header(&mut resp, local);
         resp
     }
 
@@ -147,12 +185,6 @@ impl Webapp {
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {
     message::json(status, value.to_string())
-}
-
-fn backend_header(resp: &mut Response<Full<Bytes>>, local: SocketAddr) {
-    if let Ok(v) = HeaderValue::from_str(&local.ip().to_string()) {
-        resp.headers_mut().insert("x-backend-ip", v);
-    }
 }
 
 /// The webapp as a server sees it.

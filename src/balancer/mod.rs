@@ -2,11 +2,14 @@
 //!
 //! It deliberately knows nothing of addresses, health or configuration: the pool hands it one
 //! stable `u64` per backend ([`backend_hash`]) and gets back indexes into the slice it passed.
-//! The hashes here and the ring's constants are the routing contract: the same pool routes the
-//! same way in every process, on every restart, on every replica.
+//! The hashes here, the ring's constants and the pin are the routing contract: the same pool
+//! routes the same way in every process, on every restart, on every replica. The ring decides
+//! a user's first backend; the pin ([`pin`]) keeps them there.
 
+pub mod pin;
 mod ring;
 
+pub use pin::{Lookup, Moved, PinKey};
 pub use ring::{Candidates, MAX_BACKENDS, Ring, VNODES};
 
 use xxhash_rust::xxh3::xxh3_64_with_seed;

@@ -413,6 +413,13 @@ fn join<A: Send, B>(parallel: bool, a: impl FnOnce() -> A + Send, b: impl FnOnce
     })
 }
 
+impl Default for Ring {
+    /// The empty ring: routes nothing.
+    fn default() -> Ring {
+        Ring::new(&[])
+    }
+}
+
 impl fmt::Debug for Ring {
     /// A summary: the points themselves are millions of numbers nobody wants in a log line.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -57,12 +57,34 @@ pub struct Discovery {
 #[non_exhaustive]
 pub struct Balance {
     pub key: Key,
+    /// `Max-Age` of the pinning cookie; `None` makes it a session cookie.
+    pub cookie_max_age: Option<Duration>,
+    /// A user pinned longer ago than this goes where the ring says (off when `None`).
+    pub repin_after: Option<Duration>,
+    /// A user counts as an active session of their backend while seen within this.
+    pub session_idle: Duration,
+    /// A new user's first backend is skipped while it holds more than this factor times the
+    /// mean of active sessions (off when `None`).
+    pub bounded_load: Option<f64>,
+    /// Keys the pin hash, so that a pin cannot be mapped back to an address.
+    pub pin_secret: Option<Secret>,
+}
+
+/// A secret from the config: usable, never printed.
+#[derive(Clone)]
+pub struct Secret(pub(crate) String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(..)")
+    }
 }
 
 /// What a request is hashed by.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Key {
-    /// The value of this cookie; a request without it is given a fresh one.
+    /// The value of this cookie: a key, and a pin naming the backend the user is pinned to.
+    /// A request without it is given a fresh one.
     Cookie(String),
     /// The value of this request header.
     Header(HeaderName),

@@ -10,7 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Balance, Config, Discovery, Key, MAX_ADDRESSES, PROBE_BODY_LIMIT, Problem, Timeouts, host_count,
+    Balance, Config, Discovery, Key, MAX_ADDRESSES, PROBE_BODY_LIMIT, Problem, Secret, Timeouts,
+    host_count,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -52,6 +53,11 @@ enum StatusSpec {
 struct RawBalance {
     key: Option<String>,
     cookie: Option<String>,
+    cookie_max_age: Option<String>,
+    repin_after: Option<String>,
+    session_idle: Option<String>,
+    bounded_load: Option<f64>,
+    pin_secret: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -324,7 +330,69 @@ impl<'a> Validator<'a> {
                 }
             },
         };
-        Some(Balance { key: key? })
+        // Outer `None`: invalid; `Some(None)`: not set.
+        let set = (
+            raw.cookie_max_age.is_some(),
+            raw.repin_after.is_some(),
+            raw.bounded_load.is_some(),
+            raw.pin_secret.is_some(),
+        );
+        let cookie_max_age = raw.cookie_max_age.map_or(Some(None), |t| {
+            self.duration("balance.cookie_max_age", Some(t), "")
+                .map(Some)
+        });
+        let repin_after = raw.repin_after.map_or(Some(None), |t| {
+            self.duration("balance.repin_after", Some(t), "").map(Some)
+        });
+        let session_idle = self.duration("balance.session_idle", raw.session_idle, "60s");
+        let bounded_load = match raw.bounded_load {
+            Some(f) if !(f > 1.0 && f <= 100.0) => {
+                self.problem(
+                    "balance.bounded_load",
+                    format!(
+                        "{f} is out of range; expected a factor above 1 and at most 100, like 1.25"
+                    ),
+                );
+                None
+            }
+            other => Some(other),
+        };
+        let pin_secret = match raw.pin_secret {
+            Some(s) if s.len() < 16 => {
+                self.problem(
+                    "balance.pin_secret",
+                    "shorter than 16 characters; expected a long random string",
+                );
+                None
+            }
+            other => Some(other.map(Secret)),
+        };
+        // Only the cookie carries a pin: the other keys' users follow the ring.
+        if !matches!(key, Some(Key::Cookie(_)) | None) {
+            let set = [
+                ("balance.cookie_max_age", set.0),
+                ("balance.repin_after", set.1),
+                ("balance.bounded_load", set.2),
+                ("balance.pin_secret", set.3),
+            ];
+            for (name, _) in set.into_iter().filter(|(_, present)| *present) {
+                self.problem(
+                    name,
+                    format!(
+                        "only applies to balance.key: cookie (the {text} key carries no pin); \
+                         expected it removed or balance.key: cookie"
+                    ),
+                );
+            }
+        }
+        Some(Balance {
+            key: key?,
+            cookie_max_age: cookie_max_age?,
+            repin_after: repin_after?,
+            session_idle: session_idle?,
+            bounded_load: bounded_load?,
+            pin_secret: pin_secret?,
+        })
     }
 
     fn timeouts(&mut self, raw: RawTimeouts) -> Option<Timeouts> {

@@ -4,13 +4,27 @@
 
 use crate::pool::State;
 
-/// The rise/fall hysteresis of one member, free of time and I/O so it can be tested as a table.
+/// What one check saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// The check passed; `draining` if the answer asked to drain.
+    Pass {
+        draining: bool,
+    },
+    Fail,
+}
+
+/// The rise/fall hysteresis of one member.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Health {
     rise: u32,
     fall: u32,
     pub(crate) state: State,
+    /// Requests may go to it: pinned users always, new users unless `draining`.
     pub(crate) routed: bool,
+    /// Its last passing answer asked to drain; kept through failed checks, so a draining
+    /// member that fails one check does not take new users again.
+    pub(crate) draining: bool,
     pub(crate) ok: u32,
     pub(crate) fail: u32,
 }
@@ -21,9 +35,13 @@ pub(crate) enum Change {
     None,
     /// Reached `rise`: now routed.
     Joined,
-    /// Was leaving, is healthy again.
+    /// Was leaving, is routed again.
     Recovered,
-    /// First failure of a healthy member; still routed.
+    /// Asked to drain: keeps its pinned users, takes no new ones.
+    Draining,
+    /// Stopped asking to drain: takes new users again.
+    Undrained,
+    /// First failure of a routed member; still routed.
     Failing,
     /// A real request could not connect: no longer routed, but still a member.
     Unrouted,
@@ -34,57 +52,86 @@ pub(crate) enum Change {
 }
 
 impl Health {
-    /// A member starts with the one success that found it.
-    pub(crate) fn found(rise: u32, fall: u32) -> (Health, Change) {
+    /// A member starts with the one answer that found it.
+    pub(crate) fn found(rise: u32, fall: u32, draining: bool) -> (Health, Change) {
         let mut h = Health {
             rise,
             fall,
             state: State::Joining,
             routed: false,
+            draining: false,
             ok: 0,
             fail: 0,
         };
-        let change = h.observe(true);
+        let change = h.observe(Seen::Pass { draining });
         (h, change)
     }
 
-    pub(crate) fn observe(&mut self, success: bool) -> Change {
-        if success {
-            self.ok += 1;
-            self.fail = 0;
-            match self.state {
-                State::Joining | State::Leaving if self.routed => {
-                    self.state = State::Healthy;
-                    Change::Recovered
-                }
-                State::Joining | State::Leaving if self.ok >= self.rise => {
-                    let was_joining = self.state == State::Joining;
-                    self.state = State::Healthy;
-                    self.routed = true;
-                    if was_joining {
-                        Change::Joined
-                    } else {
-                        Change::Recovered
-                    }
-                }
-                _ => Change::None,
-            }
+    /// The state a routed member shows.
+    fn serving(&self) -> State {
+        if self.draining {
+            State::Draining
         } else {
-            self.ok = 0;
-            self.fail += 1;
-            match self.state {
-                State::Joining => Change::Dropped,
-                _ if self.fail >= self.fall => {
-                    self.state = State::Leaving;
-                    self.routed = false;
-                    Change::Left
+            State::Healthy
+        }
+    }
+
+    pub(crate) fn observe(&mut self, seen: Seen) -> Change {
+        let Seen::Pass { draining } = seen else {
+            return self.failed();
+        };
+        self.fail = 0;
+        let was_draining = self.draining;
+        match self.state {
+            // A draining address takes no users: it does not join while it drains.
+            State::Joining if draining => Change::None,
+            State::Joining => {
+                self.ok += 1;
+                if self.ok < self.rise {
+                    return Change::None;
                 }
-                State::Healthy => {
-                    self.state = State::Leaving;
-                    Change::Failing
-                }
-                State::Leaving => Change::None,
+                self.routed = true;
+                self.state = State::Healthy;
+                Change::Joined
             }
+            State::Healthy | State::Draining => {
+                self.ok += 1;
+                self.draining = draining;
+                self.state = self.serving();
+                match (was_draining, draining) {
+                    (false, true) => Change::Draining,
+                    (true, false) => Change::Undrained,
+                    _ => Change::None,
+                }
+            }
+            State::Leaving => {
+                self.ok += 1;
+                if !self.routed && self.ok < self.rise {
+                    return Change::None;
+                }
+                self.routed = true;
+                self.draining = draining;
+                self.state = self.serving();
+                Change::Recovered
+            }
+        }
+    }
+
+    fn failed(&mut self) -> Change {
+        self.ok = 0;
+        self.fail += 1;
+        match self.state {
+            State::Joining => Change::Dropped,
+            _ if self.fail >= self.fall => {
+                self.state = State::Leaving;
+                self.routed = false;
+                Change::Left
+            }
+            State::Healthy | State::Draining => {
+                self.state = State::Leaving;
+                Change::Failing
+            }
+            State::Leaving => Change::None,
         }
     }
 
@@ -94,7 +141,7 @@ impl Health {
         if !self.routed {
             return Change::None;
         }
-        let change = self.observe(false);
+        let change = self.failed();
         self.routed = false;
         self.state = State::Leaving;
         match change {
@@ -102,121 +149,100 @@ impl Health {
             _ => Change::Unrouted,
         }
     }
+
+    /// New users may be given to it.
+    pub(crate) fn in_ring(&self) -> bool {
+        self.routed && !self.draining
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use Change::*;
-    use State::*;
 
-    fn run(rise: u32, fall: u32, steps: &str) -> Vec<(State, bool, Change)> {
-        let (mut h, first) = Health::found(rise, fall);
-        let mut out = vec![(h.state, h.routed, first)];
-        for c in steps.chars() {
+    /// One case a line: `rise fall steps | after each step`. A step is `+` a pass, `d` a pass
+    /// that asks to drain, `-` a failed check, `x` a request that could not connect; the first
+    /// is the answer that found the address. After each: the state's initial (`*` if routed)
+    /// and the change.
+    const TABLE: &str = "
+        # rise 2: found, then one more success joins; rise 1: the finding probe is enough.
+        2 2 ++      | J none, H* joined
+        1 2 +       | H* joined
+        # A failure while joining forgets the address.
+        3 2 ++-     | J none, J none, J dropped
+        # fall 2: one failure is leaving but still routed; a success recovers; two leave.
+        1 2 +-+     | H* joined, L* failing, H* recovered
+        1 2 +--     | H* joined, L* failing, L left
+        1 1 +-      | H* joined, L left
+        # A failed request unroutes at once and counts as one failure.
+        1 2 +x-     | H* joined, L unrouted, L left
+        # Repeated request failures count once; rise successes bring it back.
+        2 3 ++xx++  | J none, H* joined, L unrouted, L none, L none, H* recovered
+        1 1 +x      | H* joined, L left
+        # A draining address does not join, and its draining answers do not count for rise.
+        2 2 dd+d+   | J none, J none, J none, J none, H* joined
+        # Draining keeps it routed for its pinned users; it can stop draining.
+        1 2 +dd+    | H* joined, D* draining, D* none, H* undrained
+        # A draining member that fails a check stays draining when it recovers...
+        1 2 +d-d    | H* joined, D* draining, L* failing, D* recovered
+        1 2 +d-+    | H* joined, D* draining, L* failing, H* recovered
+        # ...and leaves like any member.
+        1 2 +d--    | H* joined, D* draining, L* failing, L left
+        2 2 ++dxdd  | J none, H* joined, D* draining, L unrouted, L none, D* recovered
+    ";
+
+    fn run(rise: u32, fall: u32, steps: &str) -> Vec<String> {
+        let mut steps = steps.chars();
+        let (mut h, first) = Health::found(rise, fall, steps.next() == Some('d'));
+        let mut out = vec![show(&h, first)];
+        for c in steps {
             let change = match c {
-                '+' => h.observe(true),
-                '-' => h.observe(false),
+                '+' => h.observe(Seen::Pass { draining: false }),
+                'd' => h.observe(Seen::Pass { draining: true }),
+                '-' => h.observe(Seen::Fail),
                 'x' => h.connect_failed(),
-                _ => unreachable!("test alphabet is + - x"),
+                _ => unreachable!("test alphabet is + d - x"),
             };
-            out.push((h.state, h.routed, change));
+            out.push(show(&h, change));
         }
         out
     }
 
+    fn show(h: &Health, change: Change) -> String {
+        let state = &h.state.as_str()[..1].to_uppercase();
+        let routed = if h.routed { "*" } else { "" };
+        format!("{state}{routed} {}", format!("{change:?}").to_lowercase())
+    }
+
     #[test]
     fn hysteresis_table() {
-        type Case<'a> = (u32, u32, &'a str, &'a [(State, bool, Change)]);
-        let cases: &[Case] = &[
-            // rise 2: found, then one more success joins.
-            (
-                2,
-                2,
-                "+",
-                &[(Joining, false, None), (Healthy, true, Joined)],
-            ),
-            // rise 1: the finding probe is enough.
-            (1, 2, "", &[(Healthy, true, Joined)]),
-            // A failure while joining forgets the address.
-            (
-                3,
-                2,
-                "+-",
-                &[
-                    (Joining, false, None),
-                    (Joining, false, None),
-                    (Joining, false, Dropped),
-                ],
-            ),
-            // fall 2: one failure is "leaving" but still routed; a success recovers.
-            (
-                1,
-                2,
-                "-+",
-                &[
-                    (Healthy, true, Joined),
-                    (Leaving, true, Failing),
-                    (Healthy, true, Recovered),
-                ],
-            ),
-            // fall 2: two failures leave.
-            (
-                1,
-                2,
-                "--",
-                &[
-                    (Healthy, true, Joined),
-                    (Leaving, true, Failing),
-                    (Leaving, false, Left),
-                ],
-            ),
-            // fall 1: one failure leaves.
-            (
-                1,
-                1,
-                "-",
-                &[(Healthy, true, Joined), (Leaving, false, Left)],
-            ),
-            // A failed request unroutes at once and counts as one failure; one more check failure leaves.
-            (
-                1,
-                2,
-                "x-",
-                &[
-                    (Healthy, true, Joined),
-                    (Leaving, false, Unrouted),
-                    (Leaving, false, Left),
-                ],
-            ),
-            // Repeated request failures count once; rise successes bring it back.
-            (
-                2,
-                3,
-                "+xx++",
-                &[
-                    (Joining, false, None),
-                    (Healthy, true, Joined),
-                    (Leaving, false, Unrouted),
-                    (Leaving, false, None),
-                    (Leaving, false, None),
-                    (Healthy, true, Recovered),
-                ],
-            ),
-            // fall 1 and a failed request: gone at once.
-            (
-                1,
-                1,
-                "x",
-                &[(Healthy, true, Joined), (Leaving, false, Left)],
-            ),
-        ];
-        for (rise, fall, steps, expected) in cases {
-            assert_eq!(
-                &run(*rise, *fall, steps),
-                expected,
-                "rise {rise} fall {fall} steps {steps:?}"
-            );
+        let mut cases = 0;
+        for line in TABLE.lines().map(str::trim) {
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (case, want) = line.split_once('|').expect("a | in every case");
+            let words: Vec<&str> = case.split_whitespace().collect();
+            let [rise, fall, steps] = words[..] else {
+                panic!("rise fall steps: {line:?}");
+            };
+            let want: Vec<&str> = want.split(',').map(str::trim).collect();
+            let got = run(rise.parse().unwrap(), fall.parse().unwrap(), steps);
+            assert_eq!(got, want, "{line}");
+            cases += 1;
         }
+        assert_eq!(cases, 15);
+    }
+
+    #[test]
+    fn a_draining_member_takes_no_new_users_even_while_failing() {
+        let (mut h, _) = Health::found(1, 3, false);
+        assert!(h.in_ring());
+        h.observe(Seen::Pass { draining: true });
+        assert!(h.routed && !h.in_ring());
+        h.observe(Seen::Fail);
+        assert!(h.routed && !h.in_ring());
+        h.observe(Seen::Pass { draining: false });
+        assert!(h.in_ring());
     }
 }

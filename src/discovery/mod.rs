@@ -29,14 +29,19 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::balancer::{Moved, PinKey};
 use crate::config::Discovery;
 use crate::pool::{self, Backend, Departure, Member, Report, Routing, Snapshot, SweepReport};
-use health::{Change, Health};
-use probe::{Failure, probe};
+use health::{Change, Health, Seen};
+use probe::{Answer, Failure, probe};
 use targets::{Order, Targets, own_addresses};
 
 /// How many departures `/_lb/health` remembers.
 const RECENTLY_LEFT: usize = 16;
+
+/// How many departed pins are remembered, so that their users are counted as moved for the
+/// right reason; older ones count as unknown pins.
+const DEPARTED_PINS: usize = 4096;
 
 /// Status-only changes (latencies, counters) are published at most this often; routing changes
 /// are published at once.
@@ -46,7 +51,7 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 const PACE_TICK: Duration = Duration::from_millis(5);
 
 /// What a finished probe task hands back: why it ran, where, how long it took, what it saw.
-type Probed = (Kind, SocketAddr, Duration, Result<(), Failure>);
+type Probed = (Kind, SocketAddr, Duration, Result<Answer, Failure>);
 
 /// An address that has answered and not yet left: joining, healthy or leaving.
 struct Known {
@@ -101,6 +106,10 @@ struct Scheduler {
     members: BTreeMap<SocketAddr, Known>,
     /// The last [`RECENTLY_LEFT`] departures, newest first.
     recently_left: Vec<Departure>,
+    /// Pins of backends that are gone, and why, newest last; at most [`DEPARTED_PINS`].
+    departed: std::collections::VecDeque<(u64, Moved)>,
+    /// Makes each backend's pin.
+    pins: PinKey,
     last_sweep: Option<SweepReport>,
     /// The routing last published.
     routing: Arc<Routing>,
@@ -125,6 +134,7 @@ struct Scheduler {
 pub(crate) async fn run(
     d: Discovery,
     listen: SocketAddr,
+    pins: PinKey,
     pool: pool::Writer,
     mut reports: mpsc::Receiver<Report>,
     shutdown: CancellationToken,
@@ -139,6 +149,8 @@ pub(crate) async fn run(
         skip,
         members: BTreeMap::new(),
         recently_left: Vec::new(),
+        departed: std::collections::VecDeque::new(),
+        pins,
         last_sweep: None,
         routing: Arc::new(Routing::default()),
         retired: Vec::new(),
@@ -323,21 +335,21 @@ impl Scheduler {
         wake.max(now)
     }
 
-    fn swept(&mut self, addr: SocketAddr, took: Duration, result: Result<(), Failure>) {
+    fn swept(&mut self, addr: SocketAddr, took: Duration, result: Result<Answer, Failure>) {
         if let Some(round) = self.round.as_mut() {
             round.inflight = round.inflight.saturating_sub(1);
         }
         match result {
             Err(f) => debug!(%addr, reason = %f, "sweep probe failed"),
-            Ok(()) => {
+            Ok(answer) => {
                 debug!(%addr, ms = took.as_secs_f64() * 1e3, "sweep probe answered");
                 if let Some(round) = self.round.as_mut() {
                     round.found += 1;
                 }
                 if !self.members.contains_key(&addr) {
-                    let (health, change) = Health::found(self.d.rise, self.d.fall);
+                    let (health, change) = Health::found(self.d.rise, self.d.fall, answer.draining);
                     let t = Known {
-                        backend: Arc::new(Backend::new(addr)),
+                        backend: Arc::new(Backend::new(addr, answer.instance, &self.pins)),
                         health,
                         since: SystemTime::now(),
                         last_check: Some(took),
@@ -358,7 +370,7 @@ impl Scheduler {
         }
     }
 
-    fn checked(&mut self, addr: SocketAddr, took: Duration, result: Result<(), Failure>) {
+    fn checked(&mut self, addr: SocketAddr, took: Duration, result: Result<Answer, Failure>) {
         let Some(t) = self.members.get_mut(&addr) else {
             return;
         };
@@ -366,15 +378,33 @@ impl Scheduler {
         t.last_check = Some(took);
         let ms = took.as_secs_f64() * 1e3;
         let change = match &result {
-            Ok(()) => {
-                debug!(%addr, ms, "check passed");
+            Ok(answer) => {
+                debug!(%addr, ms, draining = answer.draining, "check passed");
                 t.last_error = None;
-                t.health.observe(true)
+                if answer.instance != t.backend.instance {
+                    // Another instance at the same address is another backend: its
+                    // predecessor's users have lost their sessions and are moved once. It keeps
+                    // the member's standing, since it answers as a healthy one does.
+                    info!(
+                        %addr,
+                        was = t.backend.instance.as_deref().unwrap_or("(none)"),
+                        now = answer.instance.as_deref().unwrap_or("(none)"),
+                        "backend instance replaced"
+                    );
+                    let new = Arc::new(Backend::new(addr, answer.instance.clone(), &self.pins));
+                    let old = std::mem::replace(&mut t.backend, new);
+                    pool::retire(&old);
+                    self.departed.push_back((old.pin, Moved::InstanceReplaced));
+                    self.routing_dirty = true;
+                }
+                t.health.observe(Seen::Pass {
+                    draining: answer.draining,
+                })
             }
             Err(f) => {
                 debug!(%addr, ms, reason = %f, "check failed");
                 t.last_error = Some(f.to_string());
-                t.health.observe(false)
+                t.health.observe(Seen::Fail)
             }
         };
         self.status_dirty = true;
@@ -416,6 +446,16 @@ impl Scheduler {
                 t.since = SystemTime::now();
                 self.routing_dirty = true;
             }
+            Change::Draining => {
+                info!(%addr, "backend draining: no new users");
+                t.since = SystemTime::now();
+                self.routing_dirty = true;
+            }
+            Change::Undrained => {
+                info!(%addr, "backend no longer draining");
+                t.since = SystemTime::now();
+                self.routing_dirty = true;
+            }
             Change::Failing => {
                 warn!(%addr, %reason, fall = self.d.fall, "backend failing a check");
                 t.since = SystemTime::now();
@@ -429,6 +469,7 @@ impl Scheduler {
                 warn!(%addr, %reason, "backend left");
                 if let Some(t) = self.members.remove(&addr) {
                     pool::retire(&t.backend);
+                    self.departed.push_back((t.backend.pin, Moved::BackendLeft));
                 }
                 self.recently_left.insert(
                     0,
@@ -448,36 +489,53 @@ impl Scheduler {
         }
     }
 
+    /// Makes the routing of the members as they are now, if it routes differently from the
+    /// last one: the ring over the members that take new users, the draining ones, and the
+    /// pins of backends whose users must leave them.
+    async fn rebuild(&mut self) {
+        while self.departed.len() > DEPARTED_PINS {
+            self.departed.pop_front();
+        }
+        // Departed pins first, then the members: a pin that is a member again (a backend back
+        // at its address with the same instance) leads to the member.
+        let mut gone: Vec<(u64, Moved)> = self.departed.iter().copied().collect();
+        let (mut ring, mut draining) = (Vec::new(), Vec::new());
+        for t in self.members.values() {
+            let backend = Arc::clone(&t.backend);
+            match (t.health.routed, t.health.in_ring()) {
+                (true, true) => ring.push(backend),
+                (true, false) => draining.push(backend),
+                (false, _) => gone.push((backend.pin, Moved::OutOfRouting)),
+            }
+        }
+        let previous = Arc::clone(&self.routing);
+        // A ring takes milliseconds to build (tens at a thousand backends): not on a runtime
+        // thread that also accepts connections.
+        let built =
+            tokio::task::spawn_blocking(move || Routing::new(ring, draining, &gone, &previous))
+                .await;
+        match built {
+            Ok(routing) if !routing.same_as(&self.routing) => {
+                let old = std::mem::replace(&mut self.routing, Arc::new(routing));
+                self.retired.push(old);
+                info!(
+                    healthy = self.routing.ring.len(),
+                    draining = self.routing.backends.len() - self.routing.ring.len(),
+                    "pool changed"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "building the routing failed; routing unchanged"),
+        }
+    }
+
     async fn maybe_publish(&mut self, now: Instant) {
         let due = self.status_dirty && now >= self.last_publish + PUBLISH_EVERY;
         if !self.routing_dirty && !due {
             return;
         }
         if self.routing_dirty {
-            let routed: Vec<Arc<Backend>> = self
-                .members
-                .values()
-                .filter(|t| t.health.routed)
-                .map(|t| Arc::clone(&t.backend))
-                .collect();
-            let changed = routed.len() != self.routing.backends.len()
-                || routed
-                    .iter()
-                    .zip(&self.routing.backends)
-                    .any(|(a, b)| a.addr != b.addr);
-            if changed {
-                // A ring takes milliseconds to build (tens at a thousand backends): not on a
-                // runtime thread that also accepts connections.
-                let built = tokio::task::spawn_blocking(move || Routing::new(routed)).await;
-                match built {
-                    Ok(routing) => {
-                        let old = std::mem::replace(&mut self.routing, Arc::new(routing));
-                        self.retired.push(old);
-                        info!(healthy = self.routing.backends.len(), "pool changed");
-                    }
-                    Err(e) => warn!(error = %e, "building the ring failed; routing unchanged"),
-                }
-            }
+            self.rebuild().await;
         }
         self.free_retired();
         let members = self

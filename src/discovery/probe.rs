@@ -16,9 +16,26 @@ use crate::config::{Discovery, PROBE_BODY_LIMIT};
 /// with [`BALANCER_HEADER`], so that balancers never add each other (or themselves) as backends.
 pub(crate) const PROBE_HEADER: &str = "x-sweeplb-probe";
 pub(crate) const BALANCER_HEADER: &str = "x-sweeplb-balancer";
+/// On a health answer: which instance of the backend answered (a container's hostname, say).
+/// Another instance at the same address is another backend: its predecessor's pins are stale.
+pub(crate) const INSTANCE_HEADER: &str = "x-sweeplb-instance";
+/// On a health answer that passes: the backend is draining, and takes no new users.
+pub(crate) const DRAIN_HEADER: &str = "x-sweeplb-drain";
+/// Longest instance name kept; a longer one is cut.
+const INSTANCE_LIMIT: usize = 128;
 pub(crate) const USER_AGENT: &str =
     concat!("sweeplb/", env!("CARGO_PKG_VERSION"), " (health probe)");
 
+/// A health answer that passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Answer {
+    /// The instance it named, if any.
+    pub(crate) instance: Option<String>,
+    /// It asked to drain.
+    pub(crate) draining: bool,
+}
+
+/// Why a probe did not count as healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Failure {
     Refused,
@@ -46,14 +63,14 @@ impl fmt::Display for Failure {
 }
 
 /// One health check: a fresh connection, `GET health_path`, bounded by `timeout` as a whole.
-pub(crate) async fn probe(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
+pub(crate) async fn probe(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> {
     match tokio::time::timeout(d.timeout, probe_once(addr, d)).await {
         Ok(r) => r,
         Err(_) => Err(Failure::Timeout),
     }
 }
 
-async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
+async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> {
     let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::ConnectionRefused => Failure::Refused,
         _ => Failure::Unreachable(e.to_string()),
@@ -74,6 +91,15 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
             .send_request(req)
             .await
             .map_err(|e| Failure::Http(e.to_string()))?;
+        let headers = resp.headers();
+        let answer = Answer {
+            instance: headers
+                .get(INSTANCE_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(|v| v.chars().take(INSTANCE_LIMIT).collect::<String>())
+                .filter(|v| !v.is_empty()),
+            draining: headers.contains_key(DRAIN_HEADER),
+        };
         if resp.headers().contains_key(BALANCER_HEADER) {
             return Err(Failure::Balancer);
         }
@@ -82,7 +108,7 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
             return Err(Failure::Status(status));
         }
         let Some(expected) = &d.expect_body else {
-            return Ok(());
+            return Ok(answer);
         };
         let mut body = resp.into_body();
         let mut seen = Vec::new();
@@ -99,7 +125,7 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<(), Failure> {
             }
         }
         if contains(&seen, expected.as_bytes()) {
-            Ok(())
+            Ok(answer)
         } else {
             Err(Failure::BodyMismatch)
         }

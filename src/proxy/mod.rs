@@ -13,6 +13,8 @@ mod body;
 mod error;
 mod headers;
 mod retry;
+mod sessions;
+mod sticky;
 mod upstream;
 
 use std::net::SocketAddr;
@@ -21,7 +23,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
@@ -32,23 +34,24 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::config::{Key, Timeouts};
+use crate::config::{Balance, Timeouts};
 use crate::pool::{self, Backend, Report};
 use crate::server::Client;
-use crate::{balancer, message};
 use body::{Paced, RequestBody, Returning, Stalled};
 pub(crate) use error::Error;
-use retry::{Attempt, Decision, Failure, MAX_BACKENDS_TRIED};
+use retry::{Attempt, Decision, Failure};
+pub(crate) use sticky::StickyStats;
+use sticky::{Plan, Sticky};
 use upstream::{ConnectError, Connections};
 
 /// What the client receives: a backend's streamed body, or one of ours.
 pub(crate) type ResponseBody = Either<Returning, Full<Bytes>>;
 
-/// What every worker shares: where the pool is read, how keys are made, the timeouts, and the
-/// way back to the prober.
+/// What every worker shares: where the pool is read, the stickiness rules and sessions, the
+/// timeouts, and the way back to the prober.
 pub(crate) struct Proxy {
     pool: pool::Reader,
-    key: Key,
+    sticky: Sticky,
     timeouts: Timeouts,
     /// One list of idle upstream connections per worker, so a request and the connection it
     /// rides on stay on one thread and the lists are never contended.
@@ -70,7 +73,7 @@ impl Proxy {
     /// A proxy and its `workers` workers (at least one), to be served one per thread.
     pub(crate) fn new(
         pool: pool::Reader,
-        key: Key,
+        balance: Balance,
         timeouts: Timeouts,
         reports: mpsc::Sender<Report>,
         workers: usize,
@@ -80,7 +83,7 @@ impl Proxy {
                 .map(|_| Arc::new(Connections::new(timeouts.connect, timeouts.idle)))
                 .collect(),
             pool,
-            key,
+            sticky: Sticky::new(balance),
             timeouts,
             reports,
         });
@@ -101,6 +104,27 @@ impl Proxy {
         (proxy, workers)
     }
 
+    pub(crate) fn sticky_stats(&self) -> StickyStats {
+        self.sticky.stats()
+    }
+
+    /// Keeps each backend's count of active sessions current until `shutdown`.
+    pub(crate) async fn keep_tally(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            let counts = self.sticky.sessions.tally(std::time::Instant::now());
+            let snapshot = Arc::clone(&self.pool.borrow());
+            for m in &snapshot.members {
+                m.backend
+                    .set_sessions(counts.get(&m.backend.pin).copied().unwrap_or(0));
+            }
+        }
+    }
+
     pub(crate) fn upstream_stats(&self) -> UpstreamStats {
         let c = &self.connections;
         UpstreamStats {
@@ -113,30 +137,6 @@ impl Proxy {
                 .map(|p| p.stats.reused.load(Ordering::Relaxed))
                 .sum(),
             idle: c.iter().map(|p| p.idle_count()).sum(),
-        }
-    }
-
-    /// The hash of a request's stickiness key, and the fresh cookie value to set if it had
-    /// none. Hashes the key where it lies: no copy on the request path.
-    fn key_of(&self, headers: &HeaderMap, peer: SocketAddr) -> (u64, Option<String>) {
-        let fresh = || format!("{:032x}", fastrand::u128(..));
-        match &self.key {
-            Key::Cookie(name) => match message::cookie(headers, name) {
-                Some(v) => (balancer::key_hash(v.as_bytes()), None),
-                None => {
-                    let value = fresh();
-                    (balancer::key_hash(value.as_bytes()), Some(value))
-                }
-            },
-            Key::Header(name) => match headers.get(name) {
-                Some(v) => (balancer::key_hash(v.as_bytes()), None),
-                // Without the header there is nothing to stick to: spread.
-                None => (balancer::key_hash(fresh().as_bytes()), None),
-            },
-            Key::ClientIp => match peer.ip() {
-                std::net::IpAddr::V4(ip) => (balancer::key_hash(&ip.octets()), None),
-                std::net::IpAddr::V6(ip) => (balancer::key_hash(&ip.octets()), None),
-            },
         }
     }
 }
@@ -197,65 +197,62 @@ impl Worker {
         req: Request<Incoming>,
         client: &Client,
     ) -> Response<ResponseBody> {
-        let (hash, new_cookie) = self.proxy.key_of(req.headers(), client.peer);
         let routing = self.routing();
-        let result = if routing.backends.is_empty() {
-            Err(Error::NoBackend)
-        } else {
-            let (mut parts, body) = req.into_parts();
-            let upgrade = headers::upgrade_asked(&parts)
-                .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
-            headers::prepare_request(&mut parts, client.peer, client.peer_ip.as_ref());
-            if let Some((protocol, _)) = &upgrade {
-                parts
-                    .headers
-                    .insert(header::CONNECTION, headers::UPGRADE.clone());
-                parts.headers.insert(header::UPGRADE, protocol.clone());
-            }
-            let attempt = Attempt::new(&parts.method, body.is_end_stream());
-            let replay = attempt.replayable.then(|| {
-                (
-                    parts.method.clone(),
-                    parts.uri.clone(),
-                    parts.headers.clone(),
-                )
-            });
-            let body = Paced::new(body, self.proxy.timeouts.body);
-            let req = Request::from_parts(parts, Either::Left(body));
-            let upgrade = upgrade.map(|(_, on)| on);
-            self.send(&routing, hash, req, attempt, replay, upgrade, client)
-                .await
+        let sticky = &self.proxy.sticky;
+        let Some(plan) = sticky.plan(req.headers(), client.peer, &routing) else {
+            return Error::NoBackend.respond().map(Either::Right);
         };
-        let mut resp = match result {
-            Ok(resp) => resp,
-            Err(e) => e.respond().map(Either::Right),
+        let (mut parts, body) = req.into_parts();
+        let upgrade = headers::upgrade_asked(&parts)
+            .and_then(|protocol| Some((protocol, parts.extensions.remove::<OnUpgrade>()?)));
+        headers::prepare_request(&mut parts, client.peer, client.peer_ip.as_ref());
+        if let Some((protocol, _)) = &upgrade {
+            parts
+                .headers
+                .insert(header::CONNECTION, headers::UPGRADE.clone());
+            parts.headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let attempt = Attempt::new(&parts.method, body.is_end_stream());
+        let replay = attempt.replayable.then(|| {
+            (
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.headers.clone(),
+            )
+        });
+        let body = Paced::new(body, self.proxy.timeouts.body);
+        let req = Request::from_parts(parts, Either::Left(body));
+        let upgrade = upgrade.map(|(_, on)| on);
+        let sent = self
+            .send(&routing, &plan, req, attempt, replay, upgrade, client)
+            .await;
+        let (mut resp, served) = match sent {
+            Ok(served) => served,
+            Err(e) => return e.respond().map(Either::Right),
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // A tunnel's response keeps its own `Connection: upgrade`.
             headers::strip_hop_by_hop(resp.headers_mut());
         }
-        if let (Some(cookie), Key::Cookie(name)) = (new_cookie, &self.proxy.key) {
-            let value = format!("{name}={cookie}; Path=/; HttpOnly; SameSite=Lax");
-            if let Ok(v) = HeaderValue::from_str(&value) {
-                resp.headers_mut().append(header::SET_COOKIE, v);
-            }
+        if let Some(cookie) = sticky.served(plan, &routing, served) {
+            resp.headers_mut().append(header::SET_COOKIE, cookie);
         }
         resp
     }
 
-    /// Offers the request to the candidates in ring order, as [`retry`] decides after each
-    /// failed attempt.
+    /// Offers the request to the plan's candidates in order, as [`retry`] decides after each
+    /// failed attempt; the response, and which backend gave it.
     #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         routing: &pool::Local,
-        hash: u64,
+        plan: &Plan,
         req: Request<RequestBody>,
         attempt: Attempt,
         replay: Option<Replay>,
         mut upgrade: Option<OnUpgrade>,
         client: &Client,
-    ) -> Result<Response<ResponseBody>, Error> {
+    ) -> Result<(Response<ResponseBody>, usize), Error> {
         let again = || {
             let (method, uri, headers) = replay.clone()?;
             let mut r = Request::new(Either::Right(Empty::new()));
@@ -268,7 +265,7 @@ impl Worker {
         let mut tried = 0;
         let mut last_connect: Option<(SocketAddr, ConnectError)> = None;
         let response_timeout = self.proxy.timeouts.response;
-        'backends: for index in routing.ring.candidates(hash).take(MAX_BACKENDS_TRIED) {
+        'backends: for &index in plan.candidates.as_slice() {
             tried += 1;
             let backend = &routing.backends[index];
             let addr = backend.addr;
@@ -293,7 +290,7 @@ impl Worker {
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
                     {
                         match upgrade.take() {
-                            Some(on) => return Ok(tunnel(resp, on, conn, guard, client)),
+                            Some(on) => return Ok((tunnel(resp, on, conn, guard, client), index)),
                             None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
                         }
                     }
@@ -302,7 +299,7 @@ impl Worker {
                         let body = Paced::new(body, self.proxy.timeouts.body);
                         let idle = Arc::clone(&self.connections);
                         let body = Returning::new(body, conn, idle, guard);
-                        return Ok(Response::from_parts(parts, Either::Left(body)));
+                        return Ok((Response::from_parts(parts, Either::Left(body)), index));
                     }
                     Waited::Response(Err(mut e)) => {
                         unsent = e.take_message();

@@ -92,12 +92,21 @@ async fn a_new_backend_takes_traffic_within_one_sweep_and_rise_checks() {
     // The spec's bound: sweep_interval + rise x check_interval + 1 s.
     let bound = Duration::from_millis(400 + 2 * 200 + 1000);
     let joined = lb.wait_healthy(&[first.addr, second.addr], bound).await;
-    let on_new = pages(&crowd)
+    // Pinned users stay where they are; new users are spread over both.
+    let newcomers = users(&lb, 40);
+    let on_new = pages(&newcomers)
         .await
         .iter()
         .filter(|p| p.backend == net.ip(11))
         .count();
-    assert!(on_new > 0, "nobody was routed to the new backend");
+    assert!(on_new > 0, "no new user was routed to the new backend");
+    let stayed = pages(&crowd).await;
+    assert!(
+        stayed
+            .iter()
+            .all(|p| p.backend == net.ip(10) && p.views == 2),
+        "a pinned user moved: {stayed:?}"
+    );
     assert!(
         started.elapsed() < bound,
         "joined after {joined:?}, traffic after {:?}",

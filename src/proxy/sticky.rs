@@ -1,0 +1,226 @@
+//! Where a request goes and what its response tells the client: the stickiness key, the pin
+//! (resolved by [`crate::balancer::pin`]), the candidates in order, the cookie to set, and the
+//! session bookkeeping (who moved, and why).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use http::header::{HeaderMap, HeaderValue};
+
+use super::retry::MAX_BACKENDS_TRIED;
+use super::sessions::Sessions;
+use crate::balancer::pin::{self, Cookie, Route};
+use crate::balancer::{self, Moved};
+use crate::config::{Balance, Key};
+use crate::message;
+use crate::pool::Routing;
+
+/// The stickiness rules of one balancer, and what they have counted.
+pub(crate) struct Sticky {
+    balance: Balance,
+    pub(crate) sessions: Sessions,
+    /// Users moved off their pinned backend, by [`Moved::ALL`] index.
+    moved: [AtomicU64; Moved::ALL.len()],
+    /// New users that bounded load sent past their ring's first choice.
+    diverted: AtomicU64,
+}
+
+/// One request's way: its key's hash, the backends to offer it to, best first, and what the
+/// response must do about the cookie.
+pub(crate) struct Plan {
+    pub(crate) hash: u64,
+    pub(crate) candidates: Candidates,
+    route: Route,
+    /// The cookie's key, in cookie mode.
+    cookie_key: Option<String>,
+    /// Whether the key identifies a user (a fresh key for a header-less request does not).
+    track: bool,
+}
+
+/// Backend indexes into the routing, at most [`MAX_BACKENDS_TRIED`], without allocating.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Candidates {
+    order: [usize; MAX_BACKENDS_TRIED],
+    len: usize,
+}
+
+impl Candidates {
+    fn push(&mut self, index: usize) -> bool {
+        if self.len < MAX_BACKENDS_TRIED && !self.as_slice().contains(&index) {
+            self.order[self.len] = index;
+            self.len += 1;
+        }
+        self.len < MAX_BACKENDS_TRIED
+    }
+
+    pub(crate) fn as_slice(&self) -> &[usize] {
+        &self.order[..self.len]
+    }
+}
+
+/// What `/_lb/health` shows of the stickiness rules.
+pub(crate) struct StickyStats {
+    pub(crate) moved: Vec<(&'static str, u64)>,
+    pub(crate) diverted: u64,
+}
+
+impl Sticky {
+    pub(crate) fn new(balance: Balance) -> Sticky {
+        Sticky {
+            sessions: Sessions::new(balance.session_idle),
+            balance,
+            moved: Default::default(),
+            diverted: AtomicU64::new(0),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> StickyStats {
+        StickyStats {
+            moved: Moved::ALL
+                .iter()
+                .zip(&self.moved)
+                .map(|(why, n)| (why.as_str(), n.load(Ordering::Relaxed)))
+                .collect(),
+            diverted: self.diverted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Decides where a request goes. `None` when no backend can take it: the pool is empty,
+    /// or holds only draining members and the request is pinned to none of them.
+    pub(crate) fn plan(&self, headers: &HeaderMap, peer: SocketAddr, r: &Routing) -> Option<Plan> {
+        let fresh = || format!("{:032x}", fastrand::u128(..));
+        let (hash, route, cookie_key, track) = match &self.balance.key {
+            Key::Cookie(name) => {
+                let cookie = message::cookie(headers, name)
+                    .map(Cookie::parse)
+                    .filter(|c| !c.key.is_empty());
+                match cookie {
+                    Some(c) => {
+                        let hash = balancer::key_hash(c.key.as_bytes());
+                        let found = c.pin.map(|p| (r.lookup(p.pin), p.at));
+                        let age = found.map_or(Duration::ZERO, |(_, at)| age(at));
+                        let route = pin::decide(found.map(|f| f.0), age, self.balance.repin_after);
+                        (hash, route, Some(c.key.to_string()), true)
+                    }
+                    None => {
+                        let key = fresh();
+                        (
+                            balancer::key_hash(key.as_bytes()),
+                            Route::First,
+                            Some(key),
+                            true,
+                        )
+                    }
+                }
+            }
+            Key::Header(name) => match headers.get(name) {
+                Some(v) => (balancer::key_hash(v.as_bytes()), Route::First, None, true),
+                // Without the header there is nothing to stick to: spread.
+                None => (
+                    balancer::key_hash(fresh().as_bytes()),
+                    Route::First,
+                    None,
+                    false,
+                ),
+            },
+            Key::ClientIp => {
+                let hash = match peer.ip() {
+                    IpAddr::V4(ip) => balancer::key_hash(&ip.octets()),
+                    IpAddr::V6(ip) => balancer::key_hash(&ip.octets()),
+                };
+                (hash, Route::First, None, true)
+            }
+        };
+        let mut candidates = Candidates::default();
+        if let Route::Pinned(index) = route {
+            candidates.push(index);
+        }
+        if matches!(route, Route::First) && self.balance.bounded_load.is_some() {
+            if let Some(first) = self.bounded(r, hash) {
+                candidates.push(first);
+            }
+        }
+        for index in r.ring.candidates(hash) {
+            if !candidates.push(index) {
+                break;
+            }
+        }
+        (candidates.len > 0).then_some(Plan {
+            hash,
+            candidates,
+            route,
+            cookie_key,
+            track,
+        })
+    }
+
+    /// A new user's first backend under bounded load: the first in ring order whose active
+    /// sessions are below `factor` times the mean, counting the user itself.
+    fn bounded(&self, r: &Routing, hash: u64) -> Option<usize> {
+        let factor = self.balance.bounded_load?;
+        let members = &r.backends[..r.ring.len()];
+        let total: u64 = members.iter().map(|b| b.sessions()).sum();
+        let cap = (factor * (total + 1) as f64 / members.len().max(1) as f64).ceil() as u64;
+        let mut walk = r.ring.candidates(hash);
+        let first = walk.next()?;
+        if members[first].sessions() < cap {
+            return Some(first);
+        }
+        let chosen = walk.find(|&i| members[i].sessions() < cap).unwrap_or(first);
+        if chosen != first {
+            self.diverted.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(chosen)
+    }
+
+    /// After `served` answered the request: records the session, counts a move, and returns
+    /// the `Set-Cookie` value the response carries, if it must carry one.
+    pub(crate) fn served(&self, plan: Plan, r: &Routing, served: usize) -> Option<HeaderValue> {
+        let backend = &r.backends[served];
+        let moved = match plan.route {
+            Route::Pinned(index) if index != served => Some(Moved::OutOfRouting),
+            Route::Move(why) => Some(why),
+            Route::Repin(index) if index != served => Some(Moved::RepinAfter),
+            _ => None,
+        };
+        if plan.track {
+            let before = self.sessions.record(plan.hash, backend.pin, Instant::now());
+            if before != Some(backend.pin) {
+                backend.add_session();
+                if let Some(why) = moved {
+                    // Counted once: parallel requests with the same stale pin find the user
+                    // already recorded at its new backend.
+                    let i = Moved::ALL.iter().position(|m| *m == why).unwrap_or(0);
+                    self.moved[i].fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        // A pinned user keeps their cookie; every other one is pinned where they were served.
+        let keep = matches!(plan.route, Route::Pinned(index) if index == served);
+        match (&self.balance.key, plan.cookie_key) {
+            (Key::Cookie(name), Some(key)) if !keep => self.cookie(name, &key, backend.pin),
+            _ => None,
+        }
+    }
+
+    fn cookie(&self, name: &str, key: &str, pin: u64) -> Option<HeaderValue> {
+        let value = pin::format(key, pin, now_secs());
+        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+        if let Some(age) = self.balance.cookie_max_age {
+            cookie.push_str(&format!("; Max-Age={}", age.as_secs().max(1)));
+        }
+        HeaderValue::from_str(&cookie).ok()
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// How long ago Unix second `at` was; a pin from the future is new.
+fn age(at: u64) -> Duration {
+    Duration::from_secs(now_secs().saturating_sub(at))
+}
