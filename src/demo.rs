@@ -1,6 +1,7 @@
 //! `sweeplb demo`: the one-command tour. Starts demo webapps on loopback addresses, a balancer
-//! sweeping that loopback range, and a few scripted clients that show stickiness, spread, and
-//! what happens when a backend dies and comes back. Everything stays on 127.77.0.0/24.
+//! sweeping that loopback range, and a few scripted clients that show stickiness, spread, a
+//! scale-up that moves nobody, and a backend that dies (its users move once) and comes back
+//! (nobody moves back). Everything stays on 127.77.0.0/24.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -72,6 +73,7 @@ struct Page {
 struct Health {
     healthy: usize,
     backends: Vec<Member>,
+    sessions_moved: BTreeMap<String, u64>,
 }
 
 #[derive(serde::Deserialize)]
@@ -135,6 +137,35 @@ async fn wait_for(
     }
 }
 
+/// Where `pages` landed, as "ip: count" pairs.
+fn spread(pages: &[Page]) -> String {
+    let mut by_ip: BTreeMap<&str, usize> = BTreeMap::new();
+    for p in pages {
+        *by_ip.entry(p.ip.as_str()).or_default() += 1;
+    }
+    by_ip
+        .iter()
+        .map(|(ip, n)| format!("{ip}: {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Each client's next page: how many kept their backend and session, and how many moved.
+/// `last` holds each client's previous page and is brought up to date.
+async fn revisit(clients: &[Client], last: &mut [Page]) -> Result<(usize, usize), Error> {
+    let (mut kept, mut moved) = (0, 0);
+    for (c, before) in clients.iter().zip(last.iter_mut()) {
+        let page = c.get().await?;
+        if page.ip == before.ip && page.views == before.views + 1 {
+            kept += 1;
+        } else {
+            moved += 1;
+        }
+        *before = page;
+    }
+    Ok((kept, moved))
+}
+
 async fn wait_healthy(
     http: &reqwest::Client,
     base: &str,
@@ -148,10 +179,11 @@ async fn wait_healthy(
 pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(), Error> {
     let tasks = TaskTracker::new();
     let port = config.discovery.port;
+    let addr_of = |last| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 0, last)), port);
+    // All but the last start now; the last joins later, to show a scale-up.
     let mut backends = Vec::new();
-    for last in BACKENDS {
-        let addr = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 77, 0, last)), port);
-        backends.push(start_backend(addr, &tasks, &shutdown).await?);
+    for last in BACKENDS.start..BACKENDS.end - 1 {
+        backends.push(start_backend(addr_of(last), &tasks, &shutdown).await?);
     }
     let listen = config.listen;
     let listener = TcpListener::bind(listen)
@@ -168,10 +200,10 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
     let d = &config.discovery;
     println!();
     println!(
-        "sweeplb demo: {} webapps on 127.77.0.{}-{}:{port}, balancer on {base}",
+        "sweeplb demo: {} webapps on 127.77.0.{}-{}:{port} (one more joins later), balancer on {base}",
         backends.len(),
         BACKENDS.start,
-        BACKENDS.end - 1
+        BACKENDS.end - 2
     );
     println!(
         "  sweeping {:?} every {}, checking members every {}, rise {} fall {}",
@@ -208,20 +240,29 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
             .collect::<Result<_, _>>()?;
         let mut placed = Vec::new();
         for c in &crowd {
-            placed.push(c.get().await?.ip);
+            placed.push(c.get().await?);
         }
-        let mut spread: BTreeMap<&str, usize> = BTreeMap::new();
-        for ip in &placed {
-            *spread.entry(ip.as_str()).or_default() += 1;
-        }
+        println!("30 more clients spread over the pool: {}", spread(&placed));
+
+        println!();
+        let joining = addr_of(BACKENDS.end - 1);
+        println!("scaling up: a webapp starts on {joining} ...");
+        backends.push(start_backend(joining, &tasks, &shutdown).await?);
+        let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
+        println!("  found and routed {:.1}s later", took.as_secs_f64());
+        let (kept, moved) = revisit(&crowd, &mut placed).await?;
         println!(
-            "30 more clients spread over the pool: {}",
-            spread
-                .iter()
-                .map(|(ip, n)| format!("{ip}: {n}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            "  of the 30 clients, {kept} kept their backend and session, {moved} moved: the hash \
+             chose only their first backend, their cookie pins them there"
         );
+        let newcomers: Vec<Client> = (0..30)
+            .map(|_| Client::new(&format!("{base}/")))
+            .collect::<Result<_, _>>()?;
+        let mut fresh = Vec::new();
+        for c in &newcomers {
+            fresh.push(c.get().await?);
+        }
+        println!("  30 new clients: {}", spread(&fresh));
 
         let victim = backends
             .iter()
@@ -236,16 +277,7 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
                 "alice's next request: {}#{} (moved at once to her fallback backend; a new session)",
                 page.ip, page.views
             );
-            let mut kept = 0;
-            let mut moved = 0;
-            for (c, before) in crowd.iter().zip(&placed) {
-                let page = c.get().await?;
-                if page.ip == *before && page.views == 2 {
-                    kept += 1
-                } else {
-                    moved += 1
-                }
-            }
+            let (kept, moved) = revisit(&crowd, &mut placed).await?;
             println!(
                 "of the 30 others, {kept} kept their backend and session; {moved} had been on {addr} and moved"
             );
@@ -265,16 +297,36 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
             let revived = start_backend(addr, &tasks, &shutdown).await?;
             let took = wait_healthy(&probe, &base, backends.len(), Duration::from_secs(20)).await?;
             println!(
-                "restarted {addr}: back in the pool after {:.1}s, and alice goes home to it:",
+                "restarted {addr}: back in the pool after {:.1}s. alice stays where her session is:",
                 took.as_secs_f64()
             );
             let page = alice.get().await?;
             println!(
-                "alice: {}#{} (a fresh session: the old one died with its process)",
+                "alice: {}#{} (her new session goes on; nobody moves back to {addr})",
                 page.ip, page.views
             );
+            let (kept, moved) = revisit(&crowd, &mut placed).await?;
+            println!("of the 30 others, {kept} kept their backend and session, {moved} moved");
             backends.retain(|b| b.addr != addr);
             backends.push(revived);
+        }
+        if let Ok(resp) = probe.get(format!("{base}/_lb/health")).send().await {
+            if let Ok(h) = resp.json::<Health>().await {
+                let moved: Vec<String> = h
+                    .sessions_moved
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(why, n)| format!("{n} ({why})"))
+                    .collect();
+                println!(
+                    "/_lb/health counts the users who had to move: {}",
+                    if moved.is_empty() {
+                        "none".to_string()
+                    } else {
+                        moved.join(", ")
+                    }
+                );
+            }
         }
         println!();
         println!("demo running on {base}/ - Ctrl-C to stop");

@@ -213,9 +213,15 @@ impl Routing {
         for (pin, why) in gone {
             pins.insert(*pin, Lookup::Gone(*why));
         }
+        let in_ring = ring.len();
         let backends: Vec<Arc<Backend>> = ring.into_iter().chain(draining).collect();
         for (index, b) in backends.iter().enumerate() {
-            pins.insert(b.pin, Lookup::Member(index));
+            let lookup = if index < in_ring {
+                Lookup::Member(index)
+            } else {
+                Lookup::Draining(index)
+            };
+            pins.insert(b.pin, lookup);
         }
         Routing {
             backends,

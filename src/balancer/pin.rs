@@ -119,8 +119,10 @@ impl Moved {
 /// What the pool knows of a pin.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lookup {
-    /// A member that takes its pinned users (routed, or draining): its index.
+    /// A routed member: its index.
     Member(usize),
+    /// A draining member, which keeps its pinned users but takes no others: its index.
+    Draining(usize),
     /// A backend its users must leave, and why.
     Gone(Moved),
     /// Nothing known.
@@ -150,6 +152,8 @@ pub fn decide(pin: Option<Lookup>, age: Duration, repin_after: Option<Duration>)
             Some(limit) if age >= limit => Route::Repin(index),
             _ => Route::Pinned(index),
         },
+        // Its users stay until it is gone, however old their pins.
+        Some(Lookup::Draining(index)) => Route::Pinned(index),
         Some(Lookup::Gone(why)) => Route::Move(why),
         Some(Lookup::Unknown) => Route::Move(Moved::UnknownPin),
     }
@@ -210,6 +214,8 @@ mod tests {
             (Some(Lookup::Member(2)), 9999, None, Route::Pinned(2)),
             (Some(Lookup::Member(2)), 59, Some(60), Route::Pinned(2)),
             (Some(Lookup::Member(2)), 60, Some(60), Route::Repin(2)),
+            (Some(Lookup::Draining(4)), 0, None, Route::Pinned(4)),
+            (Some(Lookup::Draining(4)), 9999, Some(60), Route::Pinned(4)),
             (
                 Some(Lookup::Gone(Moved::BackendLeft)),
                 0,

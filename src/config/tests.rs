@@ -141,6 +141,38 @@ fn each_invalid_value_names_its_key() {
             "listen: invalid type: sequence, expected a string",
         ),
         ("listen: \"open\ndiscovery: {}\n", "config: "),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie_max_age: soon}",
+            "balance.cookie_max_age: \"soon\" is not a duration",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {repin_after: 0s}",
+            "balance.repin_after: 0 is not allowed",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {session_idle: -1}",
+            "balance.session_idle: \"-1\" is not a duration",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {bounded_load: 1.0}",
+            "balance.bounded_load: 1 is out of range; expected a factor above 1",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {bounded_load: lots}",
+            "balance.bounded_load: invalid type: string \"lots\", expected f64",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {pin_secret: short}",
+            "balance.pin_secret: shorter than 16 characters",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: client_ip, bounded_load: 1.5}",
+            "balance.bounded_load: only applies to balance.key: cookie",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:X-User', repin_after: 1h}",
+            "balance.repin_after: only applies to balance.key: cookie",
+        ),
     ];
     for (yaml, expected) in cases {
         let got = problems(yaml);
@@ -149,6 +181,30 @@ fn each_invalid_value_names_its_key() {
             "for {yaml:?} expected a problem starting {expected:?}, got {got:?}"
         );
     }
+}
+
+#[test]
+fn pinning_keys_are_off_unless_set() {
+    let c = parse(MINIMAL).unwrap();
+    let b = &c.balance;
+    assert_eq!(b.session_idle, Duration::from_secs(60));
+    assert_eq!(
+        (b.cookie_max_age, b.repin_after, b.bounded_load),
+        (None, None, None)
+    );
+    assert!(b.pin_secret.is_none());
+    let c = parse(
+        "discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie_max_age: 1h, repin_after: 30m, \
+         session_idle: 5m, bounded_load: 1.25, pin_secret: 0123456789abcdef0123}",
+    )
+    .unwrap();
+    let b = &c.balance;
+    assert_eq!(b.cookie_max_age, Some(Duration::from_secs(3600)));
+    assert_eq!(b.repin_after, Some(Duration::from_secs(1800)));
+    assert_eq!(b.session_idle, Duration::from_secs(300));
+    assert_eq!(b.bounded_load, Some(1.25));
+    // The secret is used, never printed.
+    assert!(!format!("{c:?}").contains("0123456789abcdef"), "{c:?}");
 }
 
 #[test]
