@@ -53,6 +53,11 @@ REACT_PORT = 19100
 REACT_BACKENDS = ["127.80.2.2", "127.80.2.3", "127.80.2.4"]
 REACT_NEW = "127.80.2.5"
 REACT_LISTEN = {"sweeplb": ("127.80.9.4", 19101), "haproxy": ("127.80.9.5", 19101)}
+BALANCE_RANGE = "127.80.3.0/29"
+BALANCE_PORT = 19200
+BALANCE_BACKENDS = ["127.80.3.2", "127.80.3.3", "127.80.3.4"]
+BALANCE_NEW = ["127.80.3.5", "127.80.3.6"]
+BALANCE_LISTEN = ("127.80.9.6", 19201)
 COOKIE = "Cookie: sweeplb=bench"
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
@@ -436,9 +441,18 @@ backend be
         targets.append(Target("baseline", LISTEN["baseline"], lambda: [base.pid]))
     proxies = [t for t in targets if t.pids]
     for t in targets:
-        status, body, _ = http_get(t.addr, "/", {"Cookie": "sweeplb=bench"})
+        status, body, headers = http_get(t.addr, "/", {"Cookie": "sweeplb=bench"})
         if status != 200 or b"bench backend" not in body:
             raise SystemExit(f"bench: {t.name} answered {status} {body[:200]!r}")
+        # A sweeplb that pins sessions answers a key-only cookie by pinning it: a returning
+        # client sends the pinned cookie back, and gets no Set-Cookie from then on.
+        pinned = {k.lower(): v for k, v in headers.items()}.get("set-cookie", "")
+        if pinned.startswith("sweeplb="):
+            t.header = "Cookie: " + pinned.split(";")[0]
+            status, _, headers = http_get(t.addr, "/", {"Cookie": pinned.split(";")[0]})
+            if status != 200 or any(k.lower() == "set-cookie" for k in headers):
+                raise SystemExit(f"bench: {t.name} did not honour its own pinned cookie: {status} {headers}")
+            log(f"{t.name}: returning clients send the pinned cookie {pinned.split(';')[0]}")
 
     def measure(t, conns, seconds, header):
         before_cpu = cpu_ticks(t.pids) if t.pids else 0
@@ -486,8 +500,8 @@ backend be
     # Set-Cookie per request) once more, for the record.
     fresh = []
     for rnd in range(1 if quick else 3):
-        for t in (targets[2], targets[1]):
-            hdr = None if t.name == "sweeplb" else COOKIE
+        for t in [targets[2], targets[1]] + targets[4:]:
+            hdr = COOKIE if t.name == "haproxy" else None
             fresh.append((t.name, measure(t, 64, secs64, hdr)))
 
     log("c=1000, short run per target")
@@ -653,9 +667,65 @@ class Clients:
             c.join(10)
 
 
+def balance_part(procs, work, quick):
+    """Bounded load after a scale-up: users pinned to three webapps, two more join, then new
+    users arrive. Without bounded load the ring spreads the newcomers evenly and the old three
+    stay heavier; with it, newcomers skip backends above the cap."""
+    def webapp(ip):
+        return procs.start(f"webapp-{ip}", [SWEEPLB, "webapp", "--listen", f"{loopback(ip)}:{BALANCE_PORT}", "--drain-grace", "0s"],
+                           env={"RUST_LOG": "warn"})
+
+    def routed():
+        h = lb_health(BALANCE_LISTEN)
+        return {b["addr"].split(":")[0] for b in h["backends"] if b["routed"]}
+
+    def wait_routed(want):
+        end = time.monotonic() + 20
+        while routed() != set(want):
+            if time.monotonic() > end:
+                raise SystemExit(f"bench: balance part: routed {routed()}, wanted {want}")
+            time.sleep(0.1)
+
+    def first_visits(n):
+        for _ in range(n):
+            status, _, headers = http_get(BALANCE_LISTEN, "/")
+            if status != 200 or not any(k.lower() == "set-cookie" for k in headers):
+                raise SystemExit(f"bench: balance part: a first visit got {status} {headers}")
+
+    half = 100 if quick else 500
+    out = {}
+    for label, factor in (("off", None), ("1.25", 1.25)):
+        apps = [webapp(ip) for ip in BALANCE_BACKENDS]
+        for ip in BALANCE_BACKENDS:
+            wait_port((ip, BALANCE_PORT))
+        extra = ("  check_interval: 200ms\n  sweep_interval: 400ms\n  timeout: 150ms\n"
+                 "balance:\n  session_idle: 10m\n" + (f"  bounded_load: {factor}\n" if factor else ""))
+        conf = sweeplb_conf(work, f"balance-{label}", BALANCE_LISTEN, BALANCE_RANGE, BALANCE_PORT, extra)
+        lb = start_sweeplb(procs, f"balance-{label}", conf)
+        wait_port(BALANCE_LISTEN)
+        wait_routed(BALANCE_BACKENDS)
+        first_visits(half)
+        apps += [webapp(ip) for ip in BALANCE_NEW]
+        wait_routed(BALANCE_BACKENDS + BALANCE_NEW)
+        time.sleep(1.2)  # a tally, so the old three's sessions are counted
+        before = lb_health(BALANCE_LISTEN)["bounded_load_diverted"]
+        first_visits(half)
+        time.sleep(1.2)
+        h = lb_health(BALANCE_LISTEN)
+        sessions = {b["addr"].split(":")[0]: b["sessions"] for b in h["backends"]}
+        counts = [sessions.get(ip, 0) for ip in BALANCE_BACKENDS + BALANCE_NEW]
+        out[label] = {"sessions": counts, "busiest_mean": max(counts) / (sum(counts) / len(counts)),
+                      "diverted": h["bounded_load_diverted"] - before, "newcomers": half}
+        log(f"balance part, bounded_load {label}: sessions {counts}, busiest/mean "
+            f"{out[label]['busiest_mean']:.2f}, diverted {out[label]['diverted']} of {half}")
+        for p in [lb] + apps:
+            procs.stop(p)
+    return out
+
+
 def react_part(procs, work, quick):
     def webapp(ip):
-        return procs.start(f"webapp-{ip}", [SWEEPLB, "webapp", "--listen", f"{loopback(ip)}:{REACT_PORT}"],
+        return procs.start(f"webapp-{ip}", [SWEEPLB, "webapp", "--listen", f"{loopback(ip)}:{REACT_PORT}", "--drain-grace", "0s"],
                            env={"RUST_LOG": "warn"})
 
     def routed_sweeplb():
@@ -792,7 +862,7 @@ def versions():
     }
 
 
-def report(args, p1, p2, p3, ring_text):
+def report(args, p1, p2, p3, p4, ring_text):
     model = "?"
     with open("/proc/cpuinfo") as f:
         for line in f:
@@ -820,7 +890,8 @@ def report(args, p1, p2, p3, ring_text):
           f"({p1['secs64']}s at c=64, {p1['secs1']}s at c=1) after a warm-up")
         w("")
         w("Every target gets `-H 'Cookie: sweeplb=bench'`: sweeplb's cookie mode measured for a returning "
-          "client (the key is read from the cookie, no Set-Cookie). HAProxy: `nbthread 2`, keep-alive, "
+          "client (the key is read from the cookie, no Set-Cookie; a build that pins sessions gets "
+          "the pinned cookie it set on a first request). HAProxy: `nbthread 2`, keep-alive, "
           "`http-reuse safe`, `option forwardfor`, one server. nginx: 2 workers, `proxy_pass` to an upstream "
           "with `keepalive 256`. sweeplb: its backend discovered by sweeping "
           f"{PROXY_RANGE} (checks once a minute, so its probes stay out of the backend's accept count).")
@@ -880,6 +951,12 @@ def report(args, p1, p2, p3, ring_text):
               f"{len(fs)} paired round(s): sweeplb {med([r['rps'] for r in fs]):,.0f} req/s, "
               f"{med([r['cpu_s'] / r['requests'] * 1e6 for r in fs]):.1f} µs CPU/req; HAProxy alongside "
               f"{med([r['rps'] for r in fh]):,.0f} req/s; ratio {med([a['rps'] / b['rps'] for a, b in zip(fs, fh)]):.2f}×.")
+            fb = [r for n, r in fr if n == "baseline"]
+            if fb:
+                w("")
+                w(f"First visits against the baseline build, {len(fb)} paired round(s): throughput "
+                  f"{med([a['rps'] / b['rps'] for a, b in zip(fs, fb)]):.2f}×, CPU/request "
+                  f"{med([(a['cpu_s'] / a['requests']) / (b['cpu_s'] / b['requests']) for a, b in zip(fs, fb)]):.2f}×.")
             w("")
         c1 = p1["c1000"]
         w("c=1000 (one short run each): " + ", ".join(
@@ -960,6 +1037,20 @@ def report(args, p1, p2, p3, ring_text):
             ("zero failed client GETs around the kill", f"{fails}", fails == 0),
             ("new backend taking traffic ≤ sweep_interval + 1 s = 3 s", f"{join:.2f} s", join <= 3.0),
         ]
+    if p4:
+        w("## Bounded load: a scale-up under pinned sessions")
+        w("")
+        n = p4["off"]["newcomers"]
+        w(f"Three `sweeplb webapp` backends take {n} first visits (each user pinned by its cookie); two more "
+          f"join; {n} more first visits arrive. `sessions` per backend from `/_lb/health` (old three, then the "
+          "two new ones).")
+        w("")
+        w("| bounded_load | sessions per backend | busiest/mean | newcomers diverted |")
+        w("|---|---|---:|---:|")
+        for label, r in p4.items():
+            w(f"| {label} | {', '.join(str(c) for c in r['sessions'])} | {r['busiest_mean']:.2f} | "
+              f"{r['diverted']} of {r['newcomers']} ({100 * r['diverted'] / r['newcomers']:.0f}%) |")
+        w("")
     w("## Hashing: `cargo bench --bench ring`")
     w("")
     if ring_text is None:
@@ -989,13 +1080,13 @@ def main():
     ap.add_argument("--command", default="bench/run.sh")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ring")
-    ap.add_argument("--parts", default="proxy,sweep,react")
+    ap.add_argument("--parts", default="proxy,sweep,react,balance")
     ap.add_argument("--baseline", help="another sweeplb binary to measure alongside in the proxy part")
     args = ap.parse_args()
     procs = Procs(args.work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     parts = args.parts.split(",")
-    p1 = p2 = p3 = None
+    p1 = p2 = p3 = p4 = None
     t0 = time.monotonic()
     try:
         if "proxy" in parts:
@@ -1009,13 +1100,16 @@ def main():
         if "react" in parts:
             p3 = react_part(procs, args.work, args.quick)
             log(f"reaction part done at {time.monotonic() - t0:.0f}s")
+        if "balance" in parts:
+            p4 = balance_part(procs, args.work, args.quick)
+            log(f"balance part done at {time.monotonic() - t0:.0f}s")
     finally:
         procs.stop_all()
     ring_text = None
     if args.ring:
         with open(args.ring) as f:
             ring_text = f.read()
-    text = report(args, p1, p2, p3, ring_text)
+    text = report(args, p1, p2, p3, p4, ring_text)
     with open(os.path.join(ROOT, args.out), "w") as f:
         f.write(text + "\n")
     print(text)
