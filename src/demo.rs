@@ -137,6 +137,18 @@ async fn wait_for(
     }
 }
 
+/// `n` new clients, each with its first page.
+async fn arrive(n: usize, base: &str) -> Result<(Vec<Client>, Vec<Page>), Error> {
+    let mut clients = Vec::new();
+    let mut pages = Vec::new();
+    for _ in 0..n {
+        let c = Client::new(&format!("{base}/"))?;
+        pages.push(c.get().await?);
+        clients.push(c);
+    }
+    Ok((clients, pages))
+}
+
 /// Where `pages` landed, as "ip: count" pairs.
 fn spread(pages: &[Page]) -> String {
     let mut by_ip: BTreeMap<&str, usize> = BTreeMap::new();
@@ -235,13 +247,7 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
         }
         println!("  (same backend, session counting up)");
 
-        let crowd: Vec<Client> = (0..30)
-            .map(|_| Client::new(&format!("{base}/")))
-            .collect::<Result<_, _>>()?;
-        let mut placed = Vec::new();
-        for c in &crowd {
-            placed.push(c.get().await?);
-        }
+        let (crowd, mut placed) = arrive(30, &base).await?;
         println!("30 more clients spread over the pool: {}", spread(&placed));
 
         println!();
@@ -255,13 +261,7 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
             "  of the 30 clients, {kept} kept their backend and session, {moved} moved: the hash \
              chose only their first backend, their cookie pins them there"
         );
-        let newcomers: Vec<Client> = (0..30)
-            .map(|_| Client::new(&format!("{base}/")))
-            .collect::<Result<_, _>>()?;
-        let mut fresh = Vec::new();
-        for c in &newcomers {
-            fresh.push(c.get().await?);
-        }
+        let (_, fresh) = arrive(30, &base).await?;
         println!("  30 new clients: {}", spread(&fresh));
 
         let victim = backends

@@ -217,10 +217,8 @@ mod tests {
     #[test]
     fn hysteresis_table() {
         let mut cases = 0;
-        for line in TABLE.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        let lines = TABLE.lines().map(str::trim);
+        for line in lines.filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let (case, want) = line.split_once('|').expect("a | in every case");
             let words: Vec<&str> = case.split_whitespace().collect();
             let [rise, fall, steps] = words[..] else {

@@ -436,23 +436,14 @@ impl Scheduler {
         };
         match change {
             Change::None => {}
-            Change::Joined => {
-                info!(%addr, checks = t.health.ok, "backend joined");
-                t.since = SystemTime::now();
-                self.routing_dirty = true;
-            }
-            Change::Recovered => {
-                info!(%addr, "backend recovered");
-                t.since = SystemTime::now();
-                self.routing_dirty = true;
-            }
-            Change::Draining => {
-                info!(%addr, "backend draining: no new users");
-                t.since = SystemTime::now();
-                self.routing_dirty = true;
-            }
-            Change::Undrained => {
-                info!(%addr, "backend no longer draining");
+            Change::Joined | Change::Recovered | Change::Draining | Change::Undrained => {
+                let what = match change {
+                    Change::Joined => "backend joined",
+                    Change::Recovered => "backend recovered",
+                    Change::Draining => "backend draining: no new users",
+                    _ => "backend no longer draining",
+                };
+                info!(%addr, checks = t.health.ok, "{what}");
                 t.since = SystemTime::now();
                 self.routing_dirty = true;
             }

@@ -161,10 +161,8 @@ mod tests {
     #[test]
     fn retry_table() {
         let mut cases = 0;
-        for line in TABLE.lines().map(str::trim) {
-            if line.is_empty() || line.starts_with('#') {
-                continue;
-            }
+        let lines = TABLE.lines().map(str::trim);
+        for line in lines.filter(|l| !l.is_empty() && !l.starts_with('#')) {
             let words: Vec<&str> = line.split_whitespace().collect();
             let [method, body, fails, decides] = words[..] else {
                 panic!("a table line has four words: {line:?}");
