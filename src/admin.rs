@@ -68,6 +68,9 @@ struct UpstreamView {
     /// Requests sent on a kept-alive connection.
     reused: u64,
     idle: usize,
+    /// Idle connections closed because bytes arrived on them (a backend writing past its
+    /// response): those bytes were delivered to no one.
+    unexpected: u64,
 }
 
 fn timestamp(t: SystemTime) -> String {
@@ -152,6 +155,7 @@ fn health(s: &Snapshot, upstream: &UpstreamStats, sticky: &StickyStats) -> Respo
             connects: upstream.connects,
             reused: upstream.reused,
             idle: upstream.idle,
+            unexpected: upstream.unexpected,
         },
         sessions_moved: sticky.moved.iter().copied().collect(),
         bounded_load_diverted: sticky.diverted,

@@ -51,9 +51,10 @@ pub(crate) struct Backend {
     /// The pin of its identity (address and instance), as cookies carry it.
     pub(crate) pin: u64,
     counters: [Shard; SHARDS],
-    /// Users seen within `balance.session_idle` whose pin names it, as last tallied, plus the
-    /// new users assigned to it since.
+    /// Users seen within `balance.session_idle` whose pin names it, as last tallied.
     sessions: AtomicU64,
+    /// New users assigned to it since the last tally began.
+    assigned: AtomicU64,
     /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
     /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
     gone: CancellationToken,
@@ -71,6 +72,7 @@ impl Backend {
             instance,
             counters: Default::default(),
             sessions: AtomicU64::new(0),
+            assigned: AtomicU64::new(0),
             gone: CancellationToken::new(),
         }
     }
@@ -89,8 +91,15 @@ impl Backend {
             .sum()
     }
 
+    /// Its active sessions: the last tally and the new users assigned since it began (a user
+    /// assigned while it ran may count twice until the next one: the cautious side).
     pub(crate) fn sessions(&self) -> u64 {
-        self.sessions.load(Ordering::Relaxed)
+        self.sessions.load(Ordering::Relaxed) + self.assigned.load(Ordering::Relaxed)
+    }
+
+    /// A tally of its sessions begins: new users count apart from it from now on.
+    pub(crate) fn start_tally(&self) {
+        self.assigned.store(0, Ordering::Relaxed);
     }
 
     /// The tally of its active sessions.
@@ -101,7 +110,7 @@ impl Backend {
     /// A new user was assigned to it: counted at once, so that a burst of new users is
     /// bounded before the next tally.
     pub(crate) fn add_session(&self) {
-        self.sessions.fetch_add(1, Ordering::Relaxed);
+        self.assigned.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn gone(&self) -> &CancellationToken {

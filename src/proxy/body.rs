@@ -16,26 +16,98 @@ use crate::pool::InflightGuard;
 use crate::server::BoxError;
 
 /// The body sent upstream: the client's streamed body, or nothing (for a retried request).
-pub(crate) type RequestBody = http_body_util::Either<Paced<Incoming>, http_body_util::Empty<Bytes>>;
+pub(crate) type RequestBody = http_body_util::Either<FromClient, http_body_util::Empty<Bytes>>;
+
+pin_project_lite::pin_project! {
+    /// The client's request body on its way upstream, paced, with every failure wrapped in
+    /// [`ClientFault`] so that it is never taken for the backend's.
+    pub(crate) struct FromClient {
+        #[pin]
+        inner: Paced<Incoming>,
+    }
+}
+
+impl FromClient {
+    pub(crate) fn new(body: Incoming, limit: Duration) -> FromClient {
+        FromClient {
+            inner: Paced::new(body, limit),
+        }
+    }
+}
+
+impl Body for FromClient {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.project()
+            .inner
+            .poll_frame(cx)
+            .map_err(|e| Box::new(ClientFault(e)) as BoxError)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The client's request body failed: it stalled, was malformed, or the client left.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub(crate) struct ClientFault(#[source] BoxError);
+
+/// What went wrong with a client's request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// No frame for `timeouts.body`.
+    Stalled,
+    /// The client closed its connection mid-body.
+    Gone,
+    /// Bad framing (a malformed chunk, say).
+    Malformed,
+}
+
+impl ClientFault {
+    /// The client's fault somewhere down `error`'s chain, if that is what failed.
+    pub(crate) fn find(error: &(dyn std::error::Error + 'static)) -> Option<Fault> {
+        let fault = chain(error).find_map(|e| e.downcast_ref::<ClientFault>())?;
+        let cause = fault.0.as_ref();
+        if chain(cause).any(|e| e.is::<Stalled>()) {
+            return Some(Fault::Stalled);
+        }
+        let gone = chain(cause).any(|e| {
+            e.downcast_ref::<hyper::Error>()
+                .is_some_and(|h| h.is_incomplete_message() || h.is_closed())
+                || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    use std::io::ErrorKind::*;
+                    matches!(
+                        io.kind(),
+                        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+                    )
+                })
+        });
+        Some(if gone { Fault::Gone } else { Fault::Malformed })
+    }
+}
+
+/// `error` and its sources, in order.
+fn chain<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
+}
 
 /// A body, from the client or from a backend, paused longer than `timeouts.body`.
 #[derive(Debug, thiserror::Error)]
 #[error("the body stalled for {0:?}")]
 pub(crate) struct Stalled(Duration);
-
-impl Stalled {
-    /// Whether `error` was caused, anywhere down its chain, by a stalled body.
-    pub(crate) fn caused(error: &(dyn std::error::Error + 'static)) -> bool {
-        let mut e = Some(error);
-        while let Some(cause) = e {
-            if cause.is::<Stalled>() {
-                return true;
-            }
-            e = cause.source();
-        }
-        false
-    }
-}
 
 pin_project_lite::pin_project! {
     /// A streamed body that fails with [`Stalled`] when no frame comes for `limit`. The timer

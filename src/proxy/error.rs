@@ -36,6 +36,14 @@ pub(crate) enum Error {
     Gone { addr: SocketAddr },
     #[error("the client's request body stalled on its way to {addr}")]
     ClientStalled { addr: SocketAddr },
+    #[error("the client's request body to {addr} was malformed: {source}")]
+    ClientMalformed {
+        addr: SocketAddr,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the client left in the middle of its request body to {addr}")]
+    ClientGone { addr: SocketAddr },
     #[error("backend {addr} switched protocols on a request that did not ask to")]
     UnaskedUpgrade { addr: SocketAddr },
 }
@@ -55,6 +63,9 @@ impl Error {
                 StatusCode::REQUEST_TIMEOUT,
                 "the request body did not arrive in time",
             ),
+            Error::ClientMalformed { .. } => (StatusCode::BAD_REQUEST, "malformed request body"),
+            // Nobody reads this answer; it ends the exchange.
+            Error::ClientGone { .. } => (StatusCode::BAD_REQUEST, "incomplete request body"),
             Error::Backend { .. } | Error::Gone { .. } | Error::UnaskedUpgrade { .. } => {
                 (StatusCode::BAD_GATEWAY, "the backend failed")
             }
@@ -68,6 +79,13 @@ impl Error {
         }
         match self {
             Error::NoBackend => debug!(error = %chain, "request refused"),
+            // The client's doing, not the backend's: not worth a warning per request, which
+            // anyone could raise at will.
+            Error::ClientStalled { .. }
+            | Error::ClientMalformed { .. }
+            | Error::ClientGone { .. } => {
+                debug!(error = %chain, status = status.as_u16(), "client fault")
+            }
             _ => warn!(error = %chain, status = status.as_u16(), "request failed"),
         }
         let body = serde_json::json!({ "error": message, "status": status.as_u16() }).to_string();

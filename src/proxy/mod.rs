@@ -37,7 +37,7 @@ use tracing::debug;
 use crate::config::{Balance, Timeouts};
 use crate::pool::{self, Backend, Report};
 use crate::server::Client;
-use body::{Paced, RequestBody, Returning, Stalled};
+use body::{ClientFault, Fault, FromClient, Paced, RequestBody, Returning};
 pub(crate) use error::Error;
 use retry::{Attempt, Decision, Failure};
 pub(crate) use sticky::StickyStats;
@@ -67,6 +67,8 @@ pub(crate) struct UpstreamStats {
     pub(crate) reused: u64,
     /// Connections idle right now.
     pub(crate) idle: usize,
+    /// Idle connections closed because bytes arrived on them.
+    pub(crate) unexpected: u64,
 }
 
 impl Proxy {
@@ -116,8 +118,13 @@ impl Proxy {
                 _ = shutdown.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let counts = self.sticky.sessions.tally(std::time::Instant::now());
             let snapshot = Arc::clone(&self.pool.borrow());
+            // New users assigned from here on are kept apart from the tally, so none is lost
+            // between reading the sessions and storing the count.
+            for m in &snapshot.members {
+                m.backend.start_tally();
+            }
+            let counts = self.sticky.sessions.tally(std::time::Instant::now());
             for m in &snapshot.members {
                 m.backend
                     .set_sessions(counts.get(&m.backend.pin).copied().unwrap_or(0));
@@ -137,6 +144,10 @@ impl Proxy {
                 .map(|p| p.stats.reused.load(Ordering::Relaxed))
                 .sum(),
             idle: c.iter().map(|p| p.idle_count()).sum(),
+            unexpected: c
+                .iter()
+                .map(|p| p.stats.unexpected.load(Ordering::Relaxed))
+                .sum(),
         }
     }
 }
@@ -220,7 +231,7 @@ impl Worker {
                 parts.headers.clone(),
             )
         });
-        let body = Paced::new(body, self.proxy.timeouts.body);
+        let body = FromClient::new(body, self.proxy.timeouts.body);
         let req = Request::from_parts(parts, Either::Left(body));
         let upgrade = upgrade.map(|(_, on)| on);
         let sent = self
@@ -230,6 +241,12 @@ impl Worker {
             Ok(served) => served,
             Err(e) => return e.respond().map(Either::Right),
         };
+        if resp.headers().contains_key(header::TRANSFER_ENCODING) {
+            // RFC 9112 §6.3: a Transfer-Encoding overrides any Content-Length. The body was
+            // decoded by its Transfer-Encoding and is framed anew for the client, so a
+            // Content-Length beside it would tell the client a length it will not get.
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+        }
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // A tunnel's response keeps its own `Connection: upgrade`.
             headers::strip_hop_by_hop(resp.headers_mut());
@@ -262,18 +279,31 @@ impl Worker {
             Some(r)
         };
         let mut unsent = Some(req);
-        let mut tried = 0;
-        let mut last_connect: Option<(SocketAddr, ConnectError)> = None;
+        let mut attempt = attempt;
+        // What the client is told if no candidate answers.
+        let mut last: Option<Error> = None;
         let response_timeout = self.proxy.timeouts.response;
-        'backends: for &index in plan.candidates.as_slice() {
-            tried += 1;
+        'backends: for (tried, &index) in plan.candidates.as_slice().iter().enumerate() {
             let backend = &routing.backends[index];
             let addr = backend.addr;
-            let mut conn = match self.connections.checkout(addr).await {
+            // A client connection's first request never rides a connection that served
+            // someone else (HAProxy's `http-reuse safe`): whatever a misbehaving backend writes
+            // late on a shared connection then reaches at most the client it was talking to.
+            let conn = if client.first_request() {
+                self.connections.connect(addr).await
+            } else {
+                self.connections.checkout(addr).await
+            };
+            let mut conn = match conn {
                 Ok(c) => c,
-                Err(e) => {
-                    self.connect_failed(addr, &e);
-                    last_connect = Some((addr, e));
+                Err(source) => {
+                    self.connect_failed(addr, &source);
+                    let tried = tried + 1;
+                    last = Some(Error::Connect {
+                        tried,
+                        addr,
+                        source,
+                    });
                     match attempt.decide(Failure::Connect) {
                         Decision::NextBackend => continue,
                         _ => break,
@@ -284,6 +314,7 @@ impl Worker {
             while let Some(request) = unsent.take().or_else(again) {
                 let guard = routing.begin_request(index, self.index);
                 let reused = conn.reused;
+                let read_before = conn.bytes_read();
                 let sent = conn.send.try_send_request(request);
                 let (failure, error) = match wait_response(sent, response_timeout, backend).await {
                     Waited::Response(Ok(resp))
@@ -304,12 +335,22 @@ impl Worker {
                     Waited::Response(Err(mut e)) => {
                         unsent = e.take_message();
                         let source = e.into_error();
-                        if Stalled::caused(&source) {
-                            (Failure::ClientStalled, Error::ClientStalled { addr })
-                        } else {
-                            let unsent = unsent.is_some();
-                            let failure = Failure::Exchange { unsent, reused };
-                            (failure, Error::Backend { addr, source })
+                        match ClientFault::find(&source) {
+                            Some(Fault::Stalled) => {
+                                (Failure::Client, Error::ClientStalled { addr })
+                            }
+                            Some(Fault::Gone) => (Failure::Client, Error::ClientGone { addr }),
+                            Some(Fault::Malformed) => {
+                                (Failure::Client, Error::ClientMalformed { addr, source })
+                            }
+                            None => {
+                                let failure = Failure::Exchange {
+                                    unsent: unsent.is_some(),
+                                    reused,
+                                    answered: conn.bytes_read() > read_before,
+                                };
+                                (failure, Error::Backend { addr, source })
+                            }
                         }
                     }
                     Waited::TimedOut => (
@@ -327,12 +368,20 @@ impl Worker {
                 }
                 match decision {
                     Decision::Fail => return Err(error),
-                    Decision::NextBackend => continue 'backends,
+                    Decision::NextBackend => {
+                        last = Some(error);
+                        continue 'backends;
+                    }
                     Decision::Reconnect => match self.connections.connect(addr).await {
                         Ok(c) => conn = c,
-                        Err(e) => {
-                            self.connect_failed(addr, &e);
-                            last_connect = Some((addr, e));
+                        Err(source) => {
+                            self.connect_failed(addr, &source);
+                            let tried = tried + 1;
+                            last = Some(Error::Connect {
+                                tried,
+                                addr,
+                                source,
+                            });
                             match attempt.decide(Failure::Connect) {
                                 Decision::NextBackend => continue 'backends,
                                 _ => break 'backends,
@@ -343,14 +392,7 @@ impl Worker {
             }
             break;
         }
-        Err(match last_connect {
-            Some((addr, source)) => Error::Connect {
-                tried,
-                addr,
-                source,
-            },
-            None => Error::NoBackend,
-        })
+        Err(last.unwrap_or(Error::NoBackend))
     }
 
     fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {

@@ -1,22 +1,27 @@
 //! The retry rule, as a pure function: after a failed attempt, send the request again on a
 //! fresh connection to the same backend, offer it to the next candidate, or give up.
 //!
-//! A request may be sent again only while it is certain the backend did not act on it, or
-//! when acting twice is harmless:
-//! - the connection could not be made, or hyper handed the request back unsent: nothing
-//!   reached the backend, so the request (body and all) goes to the next candidate;
-//! - otherwise only a *replayable* request is sent again: an idempotent method with an empty
-//!   body (there is no copy of a streamed body to send twice). A warm keep-alive connection
-//!   that fails is most likely the idle race (the backend closed it as the request went out),
-//!   so the same backend gets one more try on a fresh connection; a fresh connection that
-//!   fails is the backend's fault, so the next candidate gets it.
-//! - A response that does not come within `timeouts.response`, a client body that stalls, or
-//!   a 101 nobody asked for end the request: none is helped by trying elsewhere.
+//! A request that reached a backend is sent again at most once, and only when the failure
+//! shows the backend cannot have acted on it; anything else is that client's 502, so one
+//! "query of death" takes down one backend, not the pool:
+//! - the connection could not be made, or hyper handed the request back unwritten: nothing
+//!   reached the backend, so it goes, body and all, to the next candidate (a warm connection
+//!   first gets one fresh connection to the same backend);
+//! - a warm keep-alive connection that closed before any byte of a response came back: the
+//!   idle race (the backend closed it as the request went out). A *replayable* request (an
+//!   idempotent method with an empty body; there is no copy of a streamed body) is sent once
+//!   more, on a fresh connection to the same backend, so the user stays where they are pinned;
+//! - everything else ends the request: a fresh connection that fails, garbage or a reset after
+//!   the request was written, a response that does not come within `timeouts.response`, the
+//!   backend leaving the pool while the request waits for it, a 101 nobody asked for, or the
+//!   client's own body failing (which is the client's fault, not the backend's).
+//!
+//! This is HAProxy's `retry-on conn-failure empty-response` with one retry, and nginx's
+//! `proxy_next_upstream error` restricted to errors before anything was sent.
 //!
 //! The rule is consulted only before a response head has been handed to the client: once the
-//! client has seen a byte there is nothing left to retry. Candidates are walked in ring order,
-//! at most [`MAX_BACKENDS_TRIED`] of them, so a user whose backend fails moves to the same
-//! fallback as when that backend leaves.
+//! client has seen a byte there is nothing left to retry. Candidates are walked in order, at
+//! most [`MAX_BACKENDS_TRIED`] of them.
 
 use http::Method;
 
@@ -29,10 +34,15 @@ pub(crate) enum Failure {
     /// No connection could be made to the backend.
     Connect,
     /// The connection failed around the exchange. `unsent`: hyper handed the request back
-    /// before writing it. `reused`: the connection was a warm keep-alive one.
-    Exchange { unsent: bool, reused: bool },
-    /// The client's request body stalled longer than `timeouts.body` on its way upstream.
-    ClientStalled,
+    /// before writing it. `reused`: the connection was a warm keep-alive one. `answered`: some
+    /// byte of a response had arrived.
+    Exchange {
+        unsent: bool,
+        reused: bool,
+        answered: bool,
+    },
+    /// The client's request body stalled, was malformed, or the client left.
+    Client,
     /// No response head within `timeouts.response`.
     TimedOut,
     /// The prober removed the backend while the request waited for it.
@@ -52,11 +62,13 @@ pub(crate) enum Decision {
     Fail,
 }
 
-/// A request as the rule sees it.
+/// A request as the rule sees it, and what has happened to it so far.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Attempt {
     /// An idempotent method with an empty body: a copy of it can be sent again.
     pub(crate) replayable: bool,
+    /// It reached a backend and was sent again once already.
+    resent: bool,
 }
 
 impl Attempt {
@@ -72,24 +84,37 @@ impl Attempt {
         );
         Attempt {
             replayable: idempotent && body_empty,
+            resent: false,
         }
     }
 
-    pub(crate) fn decide(self, failure: Failure) -> Decision {
+    pub(crate) fn decide(&mut self, failure: Failure) -> Decision {
         match failure {
             Failure::Connect => Decision::NextBackend,
-            Failure::ClientStalled | Failure::TimedOut | Failure::UnaskedUpgrade => Decision::Fail,
-            Failure::Exchange { unsent, reused } => {
-                if !unsent && !self.replayable {
-                    Decision::Fail
-                } else if reused {
+            Failure::Exchange {
+                unsent: true,
+                reused,
+                ..
+            } => {
+                if reused {
                     Decision::Reconnect
                 } else {
                     Decision::NextBackend
                 }
             }
-            Failure::Gone if self.replayable => Decision::NextBackend,
-            Failure::Gone => Decision::Fail,
+            Failure::Exchange {
+                unsent: false,
+                reused: true,
+                answered: false,
+            } if self.replayable && !self.resent => {
+                self.resent = true;
+                Decision::Reconnect
+            }
+            Failure::Exchange { .. }
+            | Failure::Client
+            | Failure::TimedOut
+            | Failure::Gone
+            | Failure::UnaskedUpgrade => Decision::Fail,
         }
     }
 }
@@ -98,53 +123,63 @@ impl Attempt {
 mod tests {
     use super::*;
 
-    /// One case a line: method, body, failure, decision. A failure is `connect`, `stalled`,
-    /// `timeout`, `gone`, `upgrade`, or an exchange: `sent`/`unsent` on a `warm`/`fresh`
+    /// One case a line: method, body, failures, decisions (a comma-separated sequence of
+    /// attempts of one request). A failure is `connect`, `client`, `timeout`, `gone`, `upgrade`,
+    /// or an exchange: `unsent`, `sent` (nothing came back) or `answered` on a `warm`/`fresh`
     /// connection.
     const TABLE: &str = "
         # Nothing reached the backend: the next candidate, whatever the request.
-        GET     empty  connect       next
-        POST    body   connect       next
-        # Handed back unsent: nothing reached the backend either. A warm connection gets one
+        GET     empty  connect            next
+        POST    body   connect            next
+        # Handed back unwritten: nothing reached the backend either. A warm connection gets one
         # fresh one (the idle race); a fresh one that fails means the next backend.
-        POST    body   unsent-warm   reconnect
-        POST    body   unsent-fresh  next
-        GET     empty  unsent-fresh  next
-        # Sent, then the connection failed: only a replayable request is sent again.
-        # The warm-connection GET retry: same backend, fresh connection.
-        GET     empty  sent-warm     reconnect
-        GET     empty  sent-fresh    next
-        HEAD    empty  sent-fresh    next
-        PUT     empty  sent-warm     reconnect
-        DELETE  empty  sent-fresh    next
+        POST    body   unsent-warm        reconnect
+        POST    body   unsent-fresh       next
+        GET     empty  unsent-fresh       next
+        # The warm-connection retry: closed before any byte of a response, sent once more.
+        GET     empty  sent-warm          reconnect
+        PUT     empty  sent-warm          reconnect
+        HEAD    empty  sent-warm          reconnect
+        # ...but only once.
+        GET     empty  sent-warm,sent-warm  reconnect,fail
+        # Anything the backend may have acted on is not sent again: a fresh connection that
+        # fails, a warm one that answered something (garbage, half a head), a reset.
+        GET     empty  sent-fresh         fail
+        DELETE  empty  sent-fresh         fail
+        GET     empty  answered-warm      fail
+        GET     empty  answered-fresh     fail
         # Not idempotent, or a body there is no copy of: never sent twice.
-        POST    empty  sent-warm     fail
-        PATCH   empty  sent-fresh    fail
-        GET     body   sent-warm     fail
-        PUT     body   sent-fresh    fail
-        # The backend left the pool mid-request: a replayable request goes elsewhere.
-        GET     empty  gone          next
-        OPTIONS empty  gone          next
-        POST    empty  gone          fail
-        GET     body   gone          fail
+        POST    empty  sent-warm          fail
+        PATCH   empty  sent-warm          fail
+        GET     body   sent-warm          fail
+        PUT     body   sent-warm          fail
+        # The backend left the pool while the request waited: it may have acted on it.
+        GET     empty  gone               fail
+        POST    body   gone               fail
         # Trying elsewhere helps none of these.
-        GET     empty  timeout       fail
-        PUT     body   stalled       fail
-        GET     empty  upgrade       fail
+        GET     empty  timeout            fail
+        PUT     body   client             fail
+        GET     empty  upgrade            fail
     ";
 
     fn failure(word: &str) -> Failure {
-        let exchange = |unsent, reused| Failure::Exchange { unsent, reused };
+        let exchange = |unsent, reused, answered| Failure::Exchange {
+            unsent,
+            reused,
+            answered,
+        };
         match word {
             "connect" => Failure::Connect,
-            "stalled" => Failure::ClientStalled,
+            "client" => Failure::Client,
             "timeout" => Failure::TimedOut,
             "gone" => Failure::Gone,
             "upgrade" => Failure::UnaskedUpgrade,
-            "sent-warm" => exchange(false, true),
-            "sent-fresh" => exchange(false, false),
-            "unsent-warm" => exchange(true, true),
-            "unsent-fresh" => exchange(true, false),
+            "unsent-warm" => exchange(true, true, false),
+            "unsent-fresh" => exchange(true, false, false),
+            "sent-warm" => exchange(false, true, false),
+            "sent-fresh" => exchange(false, false, false),
+            "answered-warm" => exchange(false, true, true),
+            "answered-fresh" => exchange(false, false, true),
             other => panic!("unknown failure {other:?} in the table"),
         }
     }
@@ -168,10 +203,15 @@ mod tests {
                 panic!("a table line has four words: {line:?}");
             };
             let method: Method = method.parse().expect("a method");
-            let got = Attempt::new(&method, body == "empty").decide(failure(fails));
-            assert_eq!(got, decision(decides), "{line}");
+            let mut attempt = Attempt::new(&method, body == "empty");
+            let got: Vec<Decision> = fails
+                .split(',')
+                .map(|f| attempt.decide(failure(f)))
+                .collect();
+            let want: Vec<Decision> = decides.split(',').map(decision).collect();
+            assert_eq!(got, want, "{line}");
             cases += 1;
         }
-        assert_eq!(cases, 21);
+        assert_eq!(cases, 22);
     }
 }

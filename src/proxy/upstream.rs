@@ -6,15 +6,25 @@
 //! connect failure can go to the next backend with the request (and its body) untouched,
 //! which the pooled client cannot promise. Idle connections are kept newest first (LIFO) so a
 //! light load keeps few sockets warm and the rest age out.
+//!
+//! Every socket counts the bytes it reads. A connection that read anything while it sat idle
+//! (a backend that wrote past the end of its response, or after it) is closed at its next
+//! checkout and counted, never reused: what arrived belongs to no request. And a request whose
+//! warm connection closed before any byte of its response arrived can be told from one the
+//! backend answered, for the retry rule.
 
 use std::collections::HashMap;
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::RequestBody;
@@ -37,6 +47,24 @@ pub(crate) enum ConnectError {
 struct Idle {
     conn: SendRequest<RequestBody>,
     since: Instant,
+    read: Arc<AtomicU64>,
+    /// What `read` said when the connection went idle.
+    read_then: u64,
+    /// A second descriptor of the socket, to look at what waits in it without reading.
+    peek: std::net::TcpStream,
+}
+
+impl Idle {
+    /// Bytes arrived while it was idle: they answer no request. hyper may have read them
+    /// already (then `read` moved), or they may still wait in the socket, where a
+    /// non-blocking peek finds them; an end of stream is not counted, it only closes.
+    fn spoiled(&self) -> bool {
+        if self.read.load(Ordering::Relaxed) != self.read_then {
+            return true;
+        }
+        let mut byte = [0u8; 1];
+        matches!(self.peek.peek(&mut byte), Ok(1..))
+    }
 }
 
 /// Counters for `/_lb/health` and the benchmarks: how many requests found a warm connection.
@@ -44,6 +72,8 @@ struct Idle {
 pub(crate) struct Stats {
     pub(crate) connects: AtomicU64,
     pub(crate) reused: AtomicU64,
+    /// Idle connections closed because bytes arrived on them.
+    pub(crate) unexpected: AtomicU64,
 }
 
 pub(crate) struct Connections {
@@ -60,6 +90,15 @@ pub(crate) struct Conn {
     pub(crate) send: SendRequest<RequestBody>,
     /// Taken from the idle list rather than opened for this request.
     pub(crate) reused: bool,
+    read: Arc<AtomicU64>,
+    peek: std::net::TcpStream,
+}
+
+impl Conn {
+    /// Bytes read from the backend on this connection so far.
+    pub(crate) fn bytes_read(&self) -> u64 {
+        self.read.load(Ordering::Relaxed)
+    }
 }
 
 impl Connections {
@@ -75,6 +114,10 @@ impl Connections {
     /// A ready connection to `addr`: a warm one if any, else a new one.
     pub(crate) async fn checkout(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
         while let Some(mut idle) = self.pop(addr) {
+            if idle.spoiled() {
+                self.unexpected(addr);
+                continue;
+            }
             if idle.since.elapsed() >= self.idle_timeout || idle.conn.is_closed() {
                 continue;
             }
@@ -85,6 +128,8 @@ impl Connections {
                     addr,
                     send: idle.conn,
                     reused: true,
+                    read: idle.read,
+                    peek: idle.peek,
                 });
             }
         }
@@ -100,8 +145,16 @@ impl Connections {
                 Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
             };
         stream.set_nodelay(true)?;
+        // Shares the socket's non-blocking mode: a peek never waits.
+        let peek =
+            std::net::TcpStream::from(std::os::fd::AsFd::as_fd(&stream).try_clone_to_owned()?);
+        let read = Arc::new(AtomicU64::new(0));
+        let counted = Counted {
+            stream,
+            read: Arc::clone(&read),
+        };
         let (send, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(counted))
             .await?;
         // The connection task ends when its `SendRequest` is dropped or the peer closes, or
         // hands the socket over when the backend switches protocols (a WebSocket, say).
@@ -114,7 +167,14 @@ impl Connections {
             addr,
             send,
             reused: false,
+            read,
+            peek,
         })
+    }
+
+    fn unexpected(&self, addr: SocketAddr) {
+        self.stats.unexpected.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(%addr, "bytes arrived on an idle backend connection; closed, never reused");
     }
 
     fn pop(&self, addr: SocketAddr) -> Option<Idle> {
@@ -132,22 +192,94 @@ impl Connections {
             list.push(Idle {
                 conn: conn.send,
                 since: Instant::now(),
+                read_then: conn.read.load(Ordering::Relaxed),
+                read: conn.read,
+                peek: conn.peek,
             });
         }
     }
 
-    /// Closes connections idle longer than the idle timeout, and forgets backends with none.
+    /// Closes connections idle longer than the idle timeout, or that read bytes while idle,
+    /// and forgets backends with none.
     pub(crate) fn reap(&self) {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        let limit = self.idle_timeout;
-        idle.retain(|_, list| {
-            list.retain(|i| i.since.elapsed() < limit && !i.conn.is_closed());
-            !list.is_empty()
-        });
+        let mut spoiled = Vec::new();
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let limit = self.idle_timeout;
+            idle.retain(|addr, list| {
+                list.retain(|i| {
+                    if i.spoiled() {
+                        spoiled.push(*addr);
+                        return false;
+                    }
+                    i.since.elapsed() < limit && !i.conn.is_closed()
+                });
+                !list.is_empty()
+            });
+        }
+        for addr in spoiled {
+            self.unexpected(addr);
+        }
     }
 
     pub(crate) fn idle_count(&self) -> usize {
         let idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
         idle.values().map(Vec::len).sum()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A backend connection's socket, counting the bytes read from it.
+    struct Counted {
+        #[pin]
+        stream: TcpStream,
+        read: Arc<AtomicU64>,
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        ready!(this.stream.poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        if n > 0 {
+            this.read.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.project().stream.poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.project().stream.poll_shutdown(cx)
     }
 }

@@ -71,9 +71,16 @@ pub(crate) struct Client {
     /// The peer's IP as a header value, made once per connection rather than per request.
     pub(crate) peer_ip: Option<HeaderValue>,
     tasks: TaskTracker,
+    /// Requests this connection has brought, the one being answered included.
+    requests: std::sync::atomic::AtomicU64,
 }
 
 impl Client {
+    /// Whether the request being answered is the connection's first.
+    pub(crate) fn first_request(&self) -> bool {
+        self.requests.load(Ordering::Relaxed) == 1
+    }
+
     /// Runs `task` beside the connection (a tunnel, say): shutdown waits for it as for a
     /// request in flight, until the deadline.
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
@@ -248,12 +255,14 @@ impl<S: Service> Worker<S> {
                 local,
                 peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
                 tasks: self.drain.tasks(),
+                requests: std::sync::atomic::AtomicU64::new(0),
             },
         });
         let service = service_fn(move |req| {
             let conn = Arc::clone(&conn);
             let done = head.request_started();
             let head = Arc::clone(&head);
+            conn.client.requests.fetch_add(1, Ordering::Relaxed);
             async move {
                 let resp = conn.service.call(req, &conn.client).await;
                 if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

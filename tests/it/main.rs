@@ -3,6 +3,7 @@
 
 mod discovery;
 mod docker;
+mod faults;
 mod forwarding;
 mod lifecycle;
 mod retry;
