@@ -6,5 +6,6 @@ mod docker;
 mod forwarding;
 mod lifecycle;
 mod retry;
+mod sessions;
 mod stickiness;
 mod support;
