@@ -7,5 +7,6 @@ mod faults;
 mod forwarding;
 mod lifecycle;
 mod retry;
+mod sessions;
 mod stickiness;
 mod support;

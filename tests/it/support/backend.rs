@@ -86,7 +86,11 @@ pub fn webapp(addr: SocketAddr) -> Backend {
 }
 
 pub fn webapp_named(addr: SocketAddr, app: &str) -> Backend {
-    let app = Arc::new(sweeplb::webapp::Webapp::new(app));
+    serve_webapp(addr, Arc::new(sweeplb::webapp::Webapp::new(app)))
+}
+
+/// A webapp the test keeps a handle on (to drain it, say) served on `addr`.
+pub fn serve_webapp(addr: SocketAddr, app: Arc<sweeplb::webapp::Webapp>) -> Backend {
     custom(addr, move |req| {
         let app = Arc::clone(&app);
         async move { app.handle(req, addr).await }

@@ -1,6 +1,7 @@
 //! The balancer run in-process, exactly as the binary runs it, and what its `/_lb/health`
 //! says.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,48 @@ impl Balancer {
             .unwrap_or_default();
         addrs.sort();
         addrs
+    }
+
+    /// `sessions_moved`: users moved off their pinned backend since start, by reason.
+    pub async fn moved(&self) -> BTreeMap<String, u64> {
+        let (_, h) = self.health().await;
+        h["sessions_moved"]
+            .as_object()
+            .unwrap_or_else(|| panic!("no sessions_moved object in {h}"))
+            .iter()
+            .map(|(why, n)| {
+                let n = n
+                    .as_u64()
+                    .unwrap_or_else(|| panic!("{why}: {n} is no count"));
+                (why.clone(), n)
+            })
+            .collect()
+    }
+
+    /// Users moved for any reason since start.
+    pub async fn moved_total(&self) -> u64 {
+        self.moved().await.values().sum()
+    }
+
+    /// `bounded_load_diverted`: new users sent past their first choice since start.
+    pub async fn diverted(&self) -> u64 {
+        let (_, h) = self.health().await;
+        h["bounded_load_diverted"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no bounded_load_diverted count in {h}"))
+    }
+
+    /// The `backends` entry of the member at `addr` (its `state`, `instance`, `sessions`...);
+    /// panics if it is not listed.
+    pub async fn member(&self, addr: SocketAddr) -> Value {
+        let (_, h) = self.health().await;
+        h["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|b| b["addr"] == addr.to_string())
+            .cloned()
+            .unwrap_or_else(|| panic!("{addr} is not listed: {h}"))
     }
 
     /// Waits until the routed set is exactly `want`; returns how long it took.

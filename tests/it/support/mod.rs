@@ -16,12 +16,13 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use backend::{
-    Backend, addrs, custom, raw, tcp, text, webapp, webapp_named, webapps, with_headers,
+    Backend, addrs, custom, raw, serve_webapp, tcp, text, webapp, webapp_named, webapps,
+    with_headers,
 };
 pub use balancer::{Balancer, lab};
 pub type Request = http::Request<hyper::body::Incoming>;
 
-pub use users::{Page, User, chain, pages, round, users, visit};
+pub use users::{Page, Pinned, User, chain, pages, round, users, visit};
 
 /// A test's own loopback /24 and the port every backend in it listens on.
 pub struct Net {

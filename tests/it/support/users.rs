@@ -9,12 +9,48 @@ use serde_json::Value;
 
 use super::Balancer;
 
-/// One page of the webapp: who served it, the session's count, how long it took.
+/// One page of the webapp: who served it, the session's count, how long it took, and the
+/// balancer's cookie if the response set one.
 #[derive(Debug, Clone)]
 pub struct Page {
     pub backend: IpAddr,
     pub views: u64,
     pub took: Duration,
+    /// The response's `Set-Cookie: sweeplb=...`, attributes and all.
+    pub set_cookie: Option<String>,
+}
+
+/// The balancer's cookie, as the pinned-sessions tests read it.
+const COOKIE: &str = "sweeplb";
+
+/// A `sweeplb` cookie value taken apart: `KEY.PIN.T`, checked against the documented shape
+/// (32 hex digits, 16 hex digits, Unix seconds) rather than parsed by the library's own code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pinned {
+    pub key: String,
+    pub pin: String,
+    pub at: u64,
+}
+
+impl Pinned {
+    /// Parses a cookie value, or a whole `Set-Cookie` header (name and attributes are
+    /// dropped); panics if it is not `KEY.PIN.T`.
+    pub fn parse(cookie: &str) -> Pinned {
+        let value = cookie.split(';').next().unwrap_or_default().trim();
+        let value = value.strip_prefix(&format!("{COOKIE}=")).unwrap_or(value);
+        let parts: Vec<&str> = value.split('.').collect();
+        let hex = |s: &str, len| s.len() == len && s.bytes().all(|b| b.is_ascii_hexdigit());
+        match parts[..] {
+            [key, pin, at] if hex(key, 32) && hex(pin, 16) => Pinned {
+                key: key.to_string(),
+                pin: pin.to_string(),
+                at: at
+                    .parse()
+                    .unwrap_or_else(|_| panic!("T of {value:?} is not Unix seconds")),
+            },
+            _ => panic!("{value:?} is not KEY.PIN.T (32 hex, 16 hex, Unix seconds)"),
+        }
+    }
 }
 
 pub struct User {
@@ -38,9 +74,43 @@ impl User {
         }
     }
 
+    /// A user who arrives with a `sweeplb` cookie of the test's making: a key of its choice,
+    /// or a forged pin.
+    pub fn with_cookie(balancer: &Balancer, value: &str) -> User {
+        let user = User::new(balancer);
+        let url = reqwest::Url::parse(&user.url).expect("the balancer's URL");
+        user.jar
+            .add_cookie_str(&format!("{COOKIE}={value}; Path=/"), &url);
+        user
+    }
+
+    /// The same user (the same cookie jar) going through another balancer, on connections of
+    /// its own: a browser behind a restarted balancer, or behind the second of two.
+    pub fn via(&self, balancer: &Balancer) -> User {
+        User {
+            jar: Arc::clone(&self.jar),
+            http: user_client(&self.jar),
+            url: balancer.url("/"),
+        }
+    }
+
     /// New connections, same cookies: what a browser does after its connections died.
     pub fn reconnect(&mut self) {
         self.http = user_client(&self.jar);
+    }
+
+    /// The `sweeplb` cookie in the user's jar, if the balancer set one.
+    pub fn cookie(&self) -> Option<Pinned> {
+        use reqwest::cookie::CookieStore;
+        let url = reqwest::Url::parse(&self.url).expect("the balancer's URL");
+        let header = self.jar.cookies(&url)?;
+        let prefix = format!("{COOKIE}=");
+        header
+            .to_str()
+            .ok()?
+            .split("; ")
+            .find(|c| c.starts_with(&prefix))
+            .map(Pinned::parse)
     }
 
     pub async fn get(&self) -> Result<Page, String> {
@@ -96,6 +166,13 @@ pub async fn visit(
         .get("x-backend-ip")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let set_cookie = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with(&format!("{COOKIE}=")))
+        .map(str::to_string);
     let body = resp.text().await.map_err(|e| fail(chain(&e)))?;
     if status != 200 {
         return Err(fail(format!("status {status}: {body}")));
@@ -116,6 +193,7 @@ pub async fn visit(
         backend,
         views,
         took: t.elapsed(),
+        set_cookie,
     })
 }
 
