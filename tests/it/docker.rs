@@ -56,6 +56,8 @@ const NEWCOMERS: usize = 50;
 /// The webapp's default `--drain-grace`, which docker/compose.yaml keeps: how long a stopping
 /// webapp goes on serving its users.
 const DRAIN_GRACE: Duration = Duration::from_secs(10);
+/// After its grace the webapp gives its open connections this long to close (`webapp::run`).
+const WEBAPP_CLOSE: Duration = Duration::from_secs(5);
 /// A hard cap on load rounds per phase, whatever happens to the phase's own deadline.
 const MAX_ROUNDS: usize = 1000;
 
@@ -368,6 +370,20 @@ async fn compose_lab(tag: &str) {
         .map(|id| (container_ip(&id, &network), id))
         .collect();
     assert_eq!(ids.len(), 4, "four webapps before the scale-down: {ids:?}");
+    // What `docker stop` and compose wait before SIGKILL. At Docker's default (10 s) the race
+    // with the grace's end happens to be won by the webapp when its connections are idle,
+    // so the exit code below alone cannot tell that the period covers the drain.
+    for id in ids.values() {
+        let stop_timeout = inspect(&["container", "inspect", id])["Config"]["StopTimeout"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(
+            Duration::from_secs(stop_timeout) >= DRAIN_GRACE + WEBAPP_CLOSE,
+            "webapp {id} is given {stop_timeout}s to stop, less than its drain grace \
+             {DRAIN_GRACE:?} and {WEBAPP_CLOSE:?} to close its connections \
+             (stop_grace_period in docker/compose.yaml)"
+        );
+    }
     let before_down: Vec<Option<IpAddr>> = crowd.seen.iter().map(|s| s.backend).collect();
     let rounds = AtomicUsize::new(0);
     let (drain, _) = while_loading_counted(&mut crowd, "scale-down", &rounds, async {
