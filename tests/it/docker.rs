@@ -89,8 +89,9 @@ async fn compose_lab_and_swarm_stack() {
     }
 }
 
-/// Issue 3, points 1-6: discovery of exactly the webapps, stickiness and spread, scale-up,
-/// a kill under load, impostors, a balancer restart.
+/// Issue 3, points 1-6, and issue 8's pinned sessions: discovery of exactly the webapps,
+/// stickiness and spread, a scale-up that moves nobody, a kill under load that moves only its
+/// users, a scale-down that drains, impostors, a balancer restart that moves nobody.
 async fn compose_lab(tag: &str) {
     if !engine_available("the compose lab scenario", &["docker-compose"]) {
         return;
