@@ -249,20 +249,52 @@ impl Compose {
 /// What `/_lb/health` says, by address.
 pub struct Health {
     pub healthy: BTreeSet<IpAddr>,
+    /// Members that keep their pinned users but take no new ones.
+    pub draining: BTreeSet<IpAddr>,
     /// Every backend listed, in any state.
     pub listed: BTreeSet<IpAddr>,
     pub body: Value,
 }
 
 impl Health {
-    pub fn requests(&self, addr: &IpAddr) -> u64 {
+    fn backend(&self, addr: &IpAddr) -> Option<&Value> {
         self.body["backends"]
             .as_array()
             .into_iter()
             .flatten()
             .find(|b| backend_ip(b) == Some(*addr))
+    }
+
+    pub fn requests(&self, addr: &IpAddr) -> u64 {
+        self.backend(addr)
             .and_then(|b| b["requests"].as_u64())
             .unwrap_or(0)
+    }
+
+    /// `joining`, `healthy`, `draining` or `leaving`; `None` when not listed.
+    pub fn state(&self, addr: &IpAddr) -> Option<&str> {
+        self.backend(addr).and_then(|b| b["state"].as_str())
+    }
+
+    /// Active sessions by backend, as the balancer counts them; backends with none left out.
+    pub fn sessions(&self) -> BTreeMap<IpAddr, u64> {
+        self.body["backends"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| Some((backend_ip(b)?, b["sessions"].as_u64()?)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Users moved off their pinned backend since the balancer started, by reason.
+    pub fn sessions_moved(&self) -> BTreeMap<String, u64> {
+        self.body["sessions_moved"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(why, n)| (why.clone(), n.as_u64().unwrap_or(0)))
+            .collect()
     }
 }
 
@@ -312,6 +344,7 @@ impl Lab {
         let body: Value = resp.json().await.map_err(|e| chain(&e))?;
         let mut h = Health {
             healthy: BTreeSet::new(),
+            draining: BTreeSet::new(),
             listed: BTreeSet::new(),
             body,
         };
@@ -320,6 +353,9 @@ impl Lab {
             h.listed.insert(addr);
             if b["state"] == "healthy" {
                 h.healthy.insert(addr);
+            }
+            if b["state"] == "draining" {
+                h.draining.insert(addr);
             }
         }
         for addr in &h.listed {
