@@ -166,7 +166,10 @@ async fn bytes_a_backend_writes_on_an_idle_connection_reach_no_one_and_are_count
     for round in 0..6 {
         let resp = keeps.get(lb.url("/c")).send().await.unwrap();
         let body = resp.text().await.unwrap();
-        assert_ne!(body, "injected", "kept-alive round {round}: another response's bytes");
+        assert_ne!(
+            body, "injected",
+            "kept-alive round {round}: another response's bytes"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     tokio::time::sleep(Duration::from_millis(1200)).await;
