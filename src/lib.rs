@@ -86,8 +86,17 @@ pub async fn run(
         header_read: timeouts.header_read,
         shutdown: timeouts.shutdown,
     };
-    let (proxy, workers) =
-        proxy::Proxy::new(reader.clone(), config.balance, timeouts, reports, workers());
+    // The first sweep's finds have joined by then: a whole round, `rise` checks, a timeout.
+    let d = &config.discovery;
+    let settle_within = d.sweep_interval + d.check_interval * d.rise + d.timeout;
+    let (proxy, workers) = proxy::Proxy::new(
+        reader.clone(),
+        config.balance,
+        timeouts,
+        reports,
+        workers(),
+        settle_within,
+    );
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     tracing::info!(%listen, "listening");
     let fronts = front::Front::per_worker(&proxy, workers, &reader);

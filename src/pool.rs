@@ -192,6 +192,9 @@ pub(crate) struct Routing {
     /// Over `backends[..ring.len()]`; shared with the routing before when they are the same.
     pub(crate) ring: Arc<Ring>,
     pins: PinMap<Lookup>,
+    /// The prober has had time to find every backend that answered its first sweep: an unknown
+    /// pin is stale, not merely early.
+    settled: bool,
 }
 
 impl Routing {
@@ -201,7 +204,9 @@ impl Routing {
     pub(crate) fn new(
         ring: Vec<Arc<Backend>>,
         draining: Vec<Arc<Backend>>,
+        joining: &[u64],
         gone: &[(u64, Moved)],
+        settled: bool,
         previous: &Routing,
     ) -> Routing {
         let same = ring.len() == previous.ring.len()
@@ -222,6 +227,9 @@ impl Routing {
         for (pin, why) in gone {
             pins.insert(*pin, Lookup::Gone(*why));
         }
+        for pin in joining {
+            pins.insert(*pin, Lookup::Pending);
+        }
         let in_ring = ring.len();
         let backends: Vec<Arc<Backend>> = ring.into_iter().chain(draining).collect();
         for (index, b) in backends.iter().enumerate() {
@@ -236,12 +244,22 @@ impl Routing {
             backends,
             ring: ring_built,
             pins,
+            settled,
         }
     }
 
     /// Where `pin` leads.
     pub(crate) fn lookup(&self, pin: u64) -> Lookup {
-        self.pins.get(&pin).copied().unwrap_or(Lookup::Unknown)
+        match self.pins.get(&pin) {
+            Some(found) => *found,
+            None if self.settled => Lookup::Unknown,
+            None => Lookup::Pending,
+        }
+    }
+
+    /// Whether the prober has had time to find what its first sweep found.
+    pub(crate) fn settled(&self) -> bool {
+        self.settled
     }
 
     /// Whether this routing sends requests the way `other` does.
@@ -254,6 +272,7 @@ impl Routing {
                 .zip(&other.backends)
                 .all(|(a, b)| Arc::ptr_eq(a, b))
             && self.pins == other.pins
+            && self.settled == other.settled
     }
 }
 

@@ -84,6 +84,8 @@ pub fn format(key: &str, pin: u64, at: u64) -> String {
 pub enum Moved {
     /// Its backend failed its checks and left the pool.
     BackendLeft,
+    /// Its backend drained (its health answers asked for it) and is gone.
+    Drained,
     /// Its backend is still a member but out of routing: a request could not connect to it,
     /// or it is failing its checks after that.
     OutOfRouting,
@@ -97,8 +99,9 @@ pub enum Moved {
 }
 
 impl Moved {
-    pub const ALL: [Moved; 5] = [
+    pub const ALL: [Moved; 6] = [
         Moved::BackendLeft,
+        Moved::Drained,
         Moved::OutOfRouting,
         Moved::InstanceReplaced,
         Moved::RepinAfter,
@@ -108,6 +111,7 @@ impl Moved {
     pub fn as_str(self) -> &'static str {
         match self {
             Moved::BackendLeft => "backend left",
+            Moved::Drained => "backend drained",
             Moved::OutOfRouting => "out of routing",
             Moved::InstanceReplaced => "instance replaced",
             Moved::RepinAfter => "repin_after",
@@ -125,6 +129,9 @@ pub enum Lookup {
     Draining(usize),
     /// A backend its users must leave, and why.
     Gone(Moved),
+    /// A backend that may take its users soon: one still joining, or, just after start, one
+    /// not found yet. Its users go where the ring says for now, and keep their pin.
+    Pending,
     /// Nothing known.
     Unknown,
 }
@@ -136,6 +143,8 @@ pub enum Route {
     Pinned(usize),
     /// Where the ring says, as a new user: no pin yet.
     First,
+    /// Where the ring says for now, keeping the pin, which may lead somewhere soon.
+    Transient,
     /// Where the ring says, leaving the pinned backend for this reason.
     Move(Moved),
     /// Where the ring says, once `repin_after` has passed: a move only if that is not the
@@ -155,6 +164,7 @@ pub fn decide(pin: Option<Lookup>, age: Duration, repin_after: Option<Duration>)
         // Its users stay until it is gone, however old their pins.
         Some(Lookup::Draining(index)) => Route::Pinned(index),
         Some(Lookup::Gone(why)) => Route::Move(why),
+        Some(Lookup::Pending) => Route::Transient,
         Some(Lookup::Unknown) => Route::Move(Moved::UnknownPin),
     }
 }
@@ -239,6 +249,14 @@ mod tests {
                 0,
                 None,
                 Route::Move(Moved::UnknownPin),
+            ),
+            (Some(Lookup::Pending), 0, None, Route::Transient),
+            (Some(Lookup::Pending), 9999, Some(60), Route::Transient),
+            (
+                Some(Lookup::Gone(Moved::Drained)),
+                0,
+                None,
+                Route::Move(Moved::Drained),
             ),
         ];
         for (lookup, age, repin, want) in cases {

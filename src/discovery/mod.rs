@@ -31,7 +31,9 @@ use tracing::{debug, info, warn};
 
 use crate::balancer::{Moved, PinKey};
 use crate::config::Discovery;
-use crate::pool::{self, Backend, Departure, Member, Report, Routing, Snapshot, SweepReport};
+use crate::pool::{
+    self, Backend, Departure, Member, Report, Routing, Snapshot, State, SweepReport,
+};
 use health::{Change, Health, Seen};
 use probe::{Answer, Failure, probe};
 use targets::{Order, Targets, own_addresses};
@@ -110,6 +112,10 @@ struct Scheduler {
     departed: std::collections::VecDeque<(u64, Moved)>,
     /// Makes each backend's pin.
     pins: PinKey,
+    /// When the pool will hold every backend that answered the first sweep: until then a pin
+    /// naming nothing known may name a backend not yet found, and does not move its user.
+    settles: Option<Instant>,
+    settled: bool,
     last_sweep: Option<SweepReport>,
     /// The routing last published.
     routing: Arc<Routing>,
@@ -151,6 +157,8 @@ pub(crate) async fn run(
         recently_left: Vec::new(),
         departed: std::collections::VecDeque::new(),
         pins,
+        settles: None,
+        settled: false,
         last_sweep: None,
         routing: Arc::new(Routing::default()),
         retired: Vec::new(),
@@ -174,6 +182,11 @@ pub(crate) async fn run(
     loop {
         let now = Instant::now();
         p.launch(now, &mut probes);
+        if !p.settled && p.settles.is_some_and(|at| now >= at) {
+            p.settled = true;
+            p.routing_dirty = true;
+            debug!("pool settled: pins naming no backend move their users from now on");
+        }
         p.maybe_publish(now).await;
         let wake = p.next_wake(now);
         tokio::select! {
@@ -294,6 +307,10 @@ impl Scheduler {
         let Some(round) = self.round.take() else {
             return;
         };
+        if self.settles.is_none() {
+            // What the first sweep found joins within `rise` checks.
+            self.settles = Some(now + self.d.check_interval * self.d.rise);
+        }
         let report = SweepReport {
             addresses: round.probed + round.members,
             found: round.found + round.members,
@@ -319,6 +336,9 @@ impl Scheduler {
             }
         } else {
             wake = wake.min(self.next_round);
+        }
+        if let (false, Some(at)) = (self.settled, self.settles) {
+            wake = wake.min(at);
         }
         if let Some(due) = self
             .members
@@ -460,7 +480,12 @@ impl Scheduler {
                 warn!(%addr, %reason, "backend left");
                 if let Some(t) = self.members.remove(&addr) {
                     pool::retire(&t.backend);
-                    self.departed.push_back((t.backend.pin, Moved::BackendLeft));
+                    let why = if t.health.draining {
+                        Moved::Drained
+                    } else {
+                        Moved::BackendLeft
+                    };
+                    self.departed.push_back((t.backend.pin, why));
                 }
                 self.recently_left.insert(
                     0,
@@ -490,21 +515,26 @@ impl Scheduler {
         // Departed pins first, then the members: a pin that is a member again (a backend back
         // at its address with the same instance) leads to the member.
         let mut gone: Vec<(u64, Moved)> = self.departed.iter().copied().collect();
-        let (mut ring, mut draining) = (Vec::new(), Vec::new());
+        let (mut ring, mut draining, mut joining) = (Vec::new(), Vec::new(), Vec::new());
         for t in self.members.values() {
             let backend = Arc::clone(&t.backend);
-            match (t.health.routed, t.health.in_ring()) {
-                (true, true) => ring.push(backend),
-                (true, false) => draining.push(backend),
-                (false, _) => gone.push((backend.pin, Moved::OutOfRouting)),
+            match (t.health.routed, t.health.in_ring(), t.health.state) {
+                (true, true, _) => ring.push(backend),
+                (true, false, _) => draining.push(backend),
+                // Not proven yet: its users wait for it rather than move.
+                (false, _, State::Joining) => joining.push(backend.pin),
+                (false, _, _) if t.health.draining => gone.push((backend.pin, Moved::Drained)),
+                (false, _, _) => gone.push((backend.pin, Moved::OutOfRouting)),
             }
         }
         let previous = Arc::clone(&self.routing);
+        let settled = self.settled;
         // A ring takes milliseconds to build (tens at a thousand backends): not on a runtime
         // thread that also accepts connections.
-        let built =
-            tokio::task::spawn_blocking(move || Routing::new(ring, draining, &gone, &previous))
-                .await;
+        let built = tokio::task::spawn_blocking(move || {
+            Routing::new(ring, draining, &joining, &gone, settled, &previous)
+        })
+        .await;
         match built {
             Ok(routing) if !routing.same_as(&self.routing) => {
                 let old = std::mem::replace(&mut self.routing, Arc::new(routing));

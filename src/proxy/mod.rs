@@ -57,6 +57,8 @@ pub(crate) struct Proxy {
     /// rides on stay on one thread and the lists are never contended.
     connections: Vec<Arc<Connections>>,
     reports: mpsc::Sender<Report>,
+    /// By when the pool will have settled after start, at the latest.
+    settles_by: tokio::time::Instant,
 }
 
 /// Upstream connection counters over all workers, for `/_lb/health`.
@@ -79,6 +81,7 @@ impl Proxy {
         timeouts: Timeouts,
         reports: mpsc::Sender<Report>,
         workers: usize,
+        settle_within: Duration,
     ) -> (Arc<Proxy>, Vec<Worker>) {
         let proxy = Arc::new(Proxy {
             connections: (0..workers.max(1))
@@ -88,6 +91,7 @@ impl Proxy {
             sticky: Sticky::new(balance),
             timeouts,
             reports,
+            settles_by: tokio::time::Instant::now() + settle_within,
         });
         let workers = proxy
             .connections
@@ -208,8 +212,16 @@ impl Worker {
         req: Request<Incoming>,
         client: &Client,
     ) -> Response<ResponseBody> {
-        let routing = self.routing();
+        let mut routing = self.routing();
         let sticky = &self.proxy.sticky;
+        if !routing.settled() && sticky.pending(req.headers(), &routing) {
+            // Just after start a pin may name a backend the prober has not found yet: wait for
+            // the pool to settle rather than send the user away from their session.
+            let mut pool = self.proxy.pool.clone();
+            let settled = pool.wait_for(|s| s.routing.settled());
+            let _ = tokio::time::timeout_at(self.proxy.settles_by, settled).await;
+            routing = self.routing();
+        }
         let Some(plan) = sticky.plan(req.headers(), client.peer, &routing) else {
             return Error::NoBackend.respond().map(Either::Right);
         };

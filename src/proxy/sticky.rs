@@ -86,6 +86,17 @@ impl Sticky {
         }
     }
 
+    /// Whether the request carries a pin to a backend that may take it soon (one joining, or
+    /// not found yet).
+    pub(crate) fn pending(&self, headers: &HeaderMap, r: &Routing) -> bool {
+        let Key::Cookie(name) = &self.balance.key else {
+            return false;
+        };
+        message::cookie(headers, name)
+            .and_then(|v| Cookie::parse(v).pin)
+            .is_some_and(|p| r.lookup(p.pin) == crate::balancer::Lookup::Pending)
+    }
+
     /// Decides where a request goes. `None` when no backend can take it: the pool is empty,
     /// or holds only draining members and the request is pinned to none of them.
     pub(crate) fn plan(&self, headers: &HeaderMap, peer: SocketAddr, r: &Routing) -> Option<Plan> {
@@ -179,12 +190,17 @@ impl Sticky {
     pub(crate) fn served(&self, plan: Plan, r: &Routing, served: usize) -> Option<HeaderValue> {
         let backend = &r.backends[served];
         let moved = match plan.route {
+            // A draining member's users leave it when it stops answering.
+            Route::Pinned(index) if index != served && index >= r.ring.len() => {
+                Some(Moved::Drained)
+            }
             Route::Pinned(index) if index != served => Some(Moved::OutOfRouting),
             Route::Move(why) => Some(why),
             Route::Repin(index) if index != served => Some(Moved::RepinAfter),
             _ => None,
         };
-        if plan.track {
+        // A transient answer belongs to no session: the user's pin still names their backend.
+        if plan.track && plan.route != Route::Transient {
             let before = self.sessions.record(plan.hash, backend.pin, Instant::now());
             if before != Some(backend.pin) {
                 backend.add_session();
@@ -196,8 +212,10 @@ impl Sticky {
                 }
             }
         }
-        // A pinned user keeps their cookie; every other one is pinned where they were served.
-        let keep = matches!(plan.route, Route::Pinned(index) if index == served);
+        // A pinned user keeps their cookie, and so does one whose backend is not back yet;
+        // every other one is pinned where they were served.
+        let keep = matches!(plan.route, Route::Pinned(index) if index == served)
+            || plan.route == Route::Transient;
         match (&self.balance.key, plan.cookie_key) {
             (Key::Cookie(name), Some(key)) if !keep => self.cookie(name, &key, backend.pin),
             _ => None,

@@ -20,8 +20,9 @@ use crate::support::{
 const WITHIN: Duration = Duration::from_secs(10);
 
 /// The reasons `sessions_moved` counts, each present even at zero.
-const REASONS: [&str; 5] = [
+const REASONS: [&str; 6] = [
     "backend left",
+    "backend drained",
     "out of routing",
     "instance replaced",
     "repin_after",
@@ -269,6 +270,27 @@ async fn a_restarted_balancer_keeps_every_user_on_its_pinned_backend() {
     let off_ring = trail.off_ring(&all);
     eprintln!("restart: 0 of 40 moved, {off_ring} of them pinned off their key's ring owner");
     assert!(off_ring > 0, "no user's pin differs from the ring: no test");
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_arriving_while_a_restarted_balancer_is_still_finding_backends_wait_for_theirs() {
+    let net = Net::new(79);
+    let config = net.config("", "");
+    let backends = webapps(&net, &[10, 11, 12]);
+    let all = addrs(&backends);
+    let lb = Balancer::found(&config, &all).await;
+    let crowd = users(&lb, 30);
+    let mut trail = Trail::new(&pages(&crowd).await);
+    lb.stop().await;
+
+    // Every user comes back the moment the new balancer listens, before its first sweep has
+    // found anyone: their pins name backends it does not know yet.
+    let lb = Balancer::start(&config).await;
+    let crowd: Vec<User> = crowd.iter().map(|u| u.via(&lb)).collect();
+    trail.stay(&pages(&crowd).await, "right after the restart");
+    trail.stay(&pages(&crowd).await, "after that");
+    assert_eq!(lb.moved().await, no_moves());
     lb.stop().await;
 }
 
