@@ -85,6 +85,7 @@ pub async fn run(
         idle: timeouts.idle,
         header_read: timeouts.header_read,
         shutdown: timeouts.shutdown,
+        max_head: config.limits.max_request_head,
     };
     let (proxy, workers) =
         proxy::Proxy::new(reader.clone(), config.balance, timeouts, reports, workers());
