@@ -6,5 +6,6 @@ mod docker;
 mod forwarding;
 mod lifecycle;
 mod retry;
+mod smuggling;
 mod stickiness;
 mod support;
