@@ -191,6 +191,14 @@ fn each_invalid_value_names_its_key() {
             "limits.max_request_head: \"99999999999999999KiB\" is not a size",
         ),
         (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 1.5}",
+            "limits.max_request_head: \"1.5\" is not a size; expected 1024-262144 bytes",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: [1]}",
+            "limits.max_request_head: \"- 1\" is not a size",
+        ),
+        (
             "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_head: 1}",
             "limits: unknown field `max_head`, expected `max_request_head`",
         ),

@@ -78,12 +78,14 @@ struct RawLimits {
     max_request_head: Option<Size>,
 }
 
-/// A size: a number of bytes, or text like `16KiB`.
+/// A size: a number of bytes, or text like `16KiB`; anything else is kept to be refused with
+/// what is accepted, rather than with serde's "did not match any variant".
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum Size {
     Bytes(i64),
     Text(String),
+    Other(serde_yaml::Value),
 }
 
 /// The range `limits.max_request_head` accepts. hyper's own read buffer stops at about 400 KiB,
@@ -459,6 +461,11 @@ impl<'a> Validator<'a> {
                     self.problem(KEY, format!("{t:?} is not a size; {accepted}"));
                 }
                 n
+            }
+            Some(Size::Other(v)) => {
+                let shown = serde_yaml::to_string(&v).unwrap_or_default();
+                self.problem(KEY, format!("{:?} is not a size; {accepted}", shown.trim()));
+                None
             }
         }?;
         if !REQUEST_HEAD_RANGE.contains(&bytes) {
