@@ -3,7 +3,8 @@
 //! Codemap, in the order data flows:
 //!
 //! - [`config`]: `config.yaml` parsed into a serde tree, validated into a typed [`Config`]
-//!   (`config/validate.rs`, including the routed-range rule).
+//!   (`config/validate.rs`, including the routed-range rule); a file is read up to 1 MiB and
+//!   checked for flow nesting before the YAML parser sees it.
 //! - `discovery`: the prober, the pool's one writer. `discovery/mod.rs` schedules sweeps and
 //!   member checks; `probe.rs` is one health check, `health.rs` the rise/fall hysteresis,
 //!   `targets.rs` the address walk and the balancer's own addresses (never probed).
@@ -11,11 +12,12 @@
 //! - [`balancer`]: the consistent-hash ring; pure, synchronous, no I/O.
 //! - `proxy`: forwarding. `proxy/mod.rs` picks the backend and sends; `retry.rs` is the retry
 //!   rule as a table, `error.rs` maps failures to 502/503/504/408 (the empty-pool 503 too),
-//!   `headers.rs` the hop-by-hop and `X-Forwarded-*` rules, `upstream.rs` keep-alive
+//!   `headers.rs` the `Host` rule, the hop-by-hop and `X-Forwarded-*` rules, `upstream.rs` keep-alive
 //!   connections to backends, `body.rs` streamed bodies with their stall deadline.
 //! - `server`: connection plumbing for any service: accepting, worker threads, the request-head
-//!   deadline (`head_deadline.rs`), draining at shutdown (`drain.rs`).
-//! - `front`: the balancer's service: `/_lb/*` to `admin`, everything else to `proxy`.
+//!   deadline (`head_deadline.rs`) and size cap, draining at shutdown (`drain.rs`).
+//! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
+//!   everything else to `proxy`.
 //! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
 //!   small pieces several components share.
@@ -85,6 +87,7 @@ pub async fn run(
         idle: timeouts.idle,
         header_read: timeouts.header_read,
         shutdown: timeouts.shutdown,
+        max_head: config.limits.max_request_head,
     };
     // The first sweep's finds have joined by then: a whole round, `rise` checks, a timeout.
     let d = &config.discovery;

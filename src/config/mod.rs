@@ -25,6 +25,21 @@ pub const MAX_ADDRESSES: u128 = 1 << 24;
 /// How much of a health response's body a probe reads, and so the longest `expect_body`.
 pub const PROBE_BODY_LIMIT: usize = 4096;
 
+/// The default cap on a request head (request line and headers), `limits.max_request_head`.
+/// In line with HAProxy (a head must fit its 16 KiB buffer), nginx (4 buffers of 8 KiB, no
+/// line longer than one) and Node.js (16 KiB): ordinary heads, cookies included, are a few KiB,
+/// and a connection holding a half-sent head holds at most about this much memory.
+pub const MAX_REQUEST_HEAD: usize = 16 * 1024;
+
+/// The largest config file read. Real ones are a few KiB; reading stops one byte past this, so
+/// `--config /dev/zero` is refused at once rather than read until memory runs out.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// The most flow collections (`[` and `{`) a config may open. The YAML parser's time grows
+/// with the square of their nesting (60,000 nested brackets took seconds), and a config uses
+/// a handful; every one is counted, quoted or not, so no quoting can hide a nesting from it.
+pub const MAX_FLOW_COLLECTIONS: usize = 1000;
+
 /// A validated config. Built only by [`parse`] and [`load`], so whatever holds one holds a
 /// config that passed every check, the routed-range rule included.
 #[derive(Debug, Clone)]
@@ -33,6 +48,7 @@ pub struct Config {
     pub(crate) discovery: Discovery,
     pub(crate) balance: Balance,
     pub(crate) timeouts: Timeouts,
+    pub(crate) limits: Limits,
 }
 
 #[derive(Debug, Clone)]
@@ -105,6 +121,14 @@ pub struct Timeouts {
     pub shutdown: Duration,
 }
 
+/// Sizes a client may send.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Limits {
+    /// The largest request head, in bytes: a larger one is answered 431.
+    pub max_request_head: usize,
+}
+
 /// One line per problem, each naming the key and what is accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Error {
@@ -142,10 +166,33 @@ impl Error {
     }
 }
 
-/// Reads, parses and validates a config file.
+/// Reads, parses and validates a config file of at most [`MAX_CONFIG_BYTES`].
 pub fn load(path: &Path) -> Result<Config, Error> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::one("config", format!("cannot read {}: {e}", path.display())))?;
+    use std::io::Read;
+    let cannot =
+        |e: std::io::Error| Error::one("config", format!("cannot read {}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
+        .map_err(cannot)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::one(
+            "config",
+            format!(
+                "{} is larger than {MAX_CONFIG_BYTES} bytes; expected a config file of at most 1 MiB",
+                path.display()
+            ),
+        ));
+    }
+    let text = String::from_utf8(bytes).map_err(|e| {
+        Error::one(
+            "config",
+            format!(
+                "{} is not UTF-8 text ({e}); expected a YAML file",
+                path.display()
+            ),
+        )
+    })?;
     parse(&text)
 }
 
@@ -162,6 +209,25 @@ pub fn attached_networks() -> Vec<IpNet> {
 
 /// [`parse`] on a host attached to `attached`, so the routed-range rule can be tested.
 fn parse_for(text: &str, attached: &[IpNet]) -> Result<Config, Error> {
+    if text.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(Error::one(
+            "config",
+            format!(
+                "{} bytes; expected at most {MAX_CONFIG_BYTES} (1 MiB)",
+                text.len()
+            ),
+        ));
+    }
+    let flows = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
+    if flows > MAX_FLOW_COLLECTIONS {
+        return Err(Error::one(
+            "config",
+            format!(
+                "{flows} `[` and `{{` (flow collections, quoted or not); expected at most \
+                 {MAX_FLOW_COLLECTIONS}: the YAML parser is slow on deep nesting of them"
+            ),
+        ));
+    }
     let raw: validate::Raw = serde_yaml::from_str(text).map_err(|e| {
         // serde_yaml says "discovery: unknown field `x`, expected one of ... at line 3": lift
         // the key path out so the line reads like every other problem.

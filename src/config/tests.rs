@@ -31,6 +31,7 @@ fn defaults_fill_everything_but_subnets() {
     assert_eq!(c.balance.key, Key::Cookie("sweeplb".into()));
     assert_eq!(c.timeouts.header_read, Duration::from_secs(10));
     assert_eq!(c.timeouts.body, Duration::from_secs(30));
+    assert_eq!(c.limits.max_request_head, 16 * 1024);
     assert_eq!(c.address_count(), 254);
 }
 
@@ -173,6 +174,34 @@ fn each_invalid_value_names_its_key() {
             "discovery: {subnets: [127.77.0.0/24]}\nbalance: {key: 'header:X-User', repin_after: 1h}",
             "balance.repin_after: only applies to balance.key: cookie",
         ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 512}",
+            "limits.max_request_head: 512 is out of range; expected 1024-262144 bytes",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 1MiB}",
+            "limits.max_request_head: \"1MiB\" is not a size; expected 1024-262144 bytes",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 300KiB}",
+            "limits.max_request_head: 307200 is out of range",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 99999999999999999KiB}",
+            "limits.max_request_head: \"99999999999999999KiB\" is not a size",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: 1.5}",
+            "limits.max_request_head: \"1.5\" is not a size; expected 1024-262144 bytes",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_request_head: [1]}",
+            "limits.max_request_head: \"- 1\" is not a size",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlimits: {max_head: 1}",
+            "limits: unknown field `max_head`, expected `max_request_head`",
+        ),
     ];
     for (yaml, expected) in cases {
         let got = problems(yaml);
@@ -266,4 +295,73 @@ fn host_counts() {
     assert_eq!(n("127.77.0.5/32"), 1);
     assert_eq!(n("::1/128"), 1);
     assert_eq!(n("fd00::/120"), 256);
+}
+
+#[test]
+fn max_request_head_takes_bytes_or_kib() {
+    let at = |v: &str| {
+        parse(&format!("{MINIMAL}limits:\n  max_request_head: {v}\n"))
+            .unwrap()
+            .limits
+            .max_request_head
+    };
+    assert_eq!(at("8192"), 8192);
+    assert_eq!(at("32KiB"), 32 * 1024);
+    assert_eq!(at("'1024'"), 1024);
+}
+
+/// Deep flow nesting is refused before the YAML parser sees it, in a moment: before the limit,
+/// 20,000 nested `{a: ` took the parser about 6 s in a debug build (60,000: close to a minute).
+#[test]
+fn deeply_nested_flow_collections_are_refused_at_once() {
+    let nested = format!("{}{}", "{a: ".repeat(20_000), "}".repeat(20_000));
+    // Quoting hides nothing: every `[` and `{` counts.
+    let quoted = "[\"]\", ".repeat(2_000);
+    for text in [nested, quoted] {
+        let started = std::time::Instant::now();
+        let got = problems(&text);
+        assert!(
+            got.iter()
+                .any(|p| p.starts_with("config: ") && p.contains("expected at most 1000")),
+            "{got:?}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_config_file_is_read_up_to_its_cap() {
+    let dir = std::env::temp_dir().join(format!("sweeplb-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.yaml");
+    let mut text = MINIMAL.to_string();
+    text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize));
+    std::fs::write(&big, text).unwrap();
+    let not_text = dir.join("binary.yaml");
+    std::fs::write(&not_text, [0xff, 0xfe, 0x00]).unwrap();
+    let just_fits = dir.join("fits.yaml");
+    let mut text = MINIMAL.to_string();
+    text.push_str(&"#".repeat(MAX_CONFIG_BYTES as usize - MINIMAL.len()));
+    std::fs::write(&just_fits, text).unwrap();
+    let zero = std::path::Path::new("/dev/zero");
+    for (path, expected) in [
+        (
+            big.as_path(),
+            "is larger than 1048576 bytes; expected a config file of at most 1 MiB",
+        ),
+        (zero, "is larger than 1048576 bytes"),
+        (not_text.as_path(), "is not UTF-8 text"),
+    ] {
+        let e = load(path).unwrap_err().to_string();
+        assert!(
+            e.starts_with("config: ") && e.contains(expected),
+            "{path:?}: {e}"
+        );
+    }
+    load(&just_fits).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Balance, Config, Discovery, Key, MAX_ADDRESSES, PROBE_BODY_LIMIT, Problem, Secret, Timeouts,
-    host_count,
+    Balance, Config, Discovery, Key, Limits, MAX_ADDRESSES, MAX_REQUEST_HEAD, PROBE_BODY_LIMIT,
+    Problem, Secret, Timeouts, host_count,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -21,6 +21,7 @@ pub(super) struct Raw {
     discovery: RawDiscovery,
     balance: RawBalance,
     timeouts: RawTimeouts,
+    limits: RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -71,6 +72,26 @@ struct RawTimeouts {
     shutdown: Option<String>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_request_head: Option<Size>,
+}
+
+/// A size: a number of bytes, or text like `16KiB`; anything else is kept to be refused with
+/// what is accepted, rather than with serde's "did not match any variant".
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Size {
+    Bytes(i64),
+    Text(String),
+    Other(serde_yaml::Value),
+}
+
+/// The range `limits.max_request_head` accepts. hyper's own read buffer stops at about 400 KiB,
+/// so a larger cap would not be the one that applies; below 1 KiB ordinary requests fail.
+const REQUEST_HEAD_RANGE: RangeInclusive<i64> = 1024..=256 * 1024;
+
 /// Collects every problem while it validates, so all are reported at once.
 pub(super) struct Validator<'a> {
     pub(super) problems: Vec<Problem>,
@@ -98,11 +119,13 @@ impl<'a> Validator<'a> {
         let discovery = self.discovery(raw.discovery);
         let balance = self.balance(raw.balance);
         let timeouts = self.timeouts(raw.timeouts);
+        let limits = self.limits(raw.limits);
         let config = Config {
             listen: listen?,
             discovery: discovery?,
             balance: balance?,
             timeouts: timeouts?,
+            limits: limits?,
         };
         self.cross_checks(&config);
         Some(config)
@@ -409,6 +432,48 @@ impl<'a> Validator<'a> {
             header_read: header_read?,
             body: body?,
             shutdown: shutdown?,
+        })
+    }
+
+    fn limits(&mut self, raw: RawLimits) -> Option<Limits> {
+        const KEY: &str = "limits.max_request_head";
+        let (lo, hi) = (REQUEST_HEAD_RANGE.start(), REQUEST_HEAD_RANGE.end());
+        let accepted = format!("expected {lo}-{hi} bytes, as a number or like 16KiB");
+        let bytes = match raw.max_request_head {
+            None => Some(MAX_REQUEST_HEAD as i64),
+            Some(Size::Bytes(n)) => Some(n),
+            Some(Size::Text(t)) => {
+                let t = t.trim();
+                let (digits, unit) = t
+                    .find(|c: char| !c.is_ascii_digit())
+                    .map_or((t, ""), |at| t.split_at(at));
+                let scale = match unit.trim() {
+                    "" | "B" => Some(1),
+                    "KiB" => Some(1024),
+                    _ => None,
+                };
+                let n = digits
+                    .parse::<i64>()
+                    .ok()
+                    .zip(scale)
+                    .and_then(|(n, s)| n.checked_mul(s));
+                if n.is_none() {
+                    self.problem(KEY, format!("{t:?} is not a size; {accepted}"));
+                }
+                n
+            }
+            Some(Size::Other(v)) => {
+                let shown = serde_yaml::to_string(&v).unwrap_or_default();
+                self.problem(KEY, format!("{:?} is not a size; {accepted}", shown.trim()));
+                None
+            }
+        }?;
+        if !REQUEST_HEAD_RANGE.contains(&bytes) {
+            self.problem(KEY, format!("{bytes} is out of range; {accepted}"));
+            return None;
+        }
+        Some(Limits {
+            max_request_head: usize::try_from(bytes).ok()?,
         })
     }
 

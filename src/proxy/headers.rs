@@ -1,6 +1,7 @@
-//! Header rules of the forwarding path: hop-by-hop headers removed both ways (with those
-//! `Connection` names), `X-Forwarded-*` added, the target made origin-form, and the one
-//! upgrade a request may ask for.
+//! Header rules of the forwarding path: the request's `Host` checked, hop-by-hop headers removed
+//! both ways (with those `Connection` names, save the few it may never remove),
+//! `X-Forwarded-*` added, the target made origin-form, and the one upgrade a request may ask
+//! for.
 
 use std::net::SocketAddr;
 
@@ -19,6 +20,16 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
 ];
+
+/// Headers a `Connection` option can never remove, though RFC 9110 §7.6.1 has intermediaries
+/// drop whatever it names. `Host` names the site: without it the backend gets a request
+/// HTTP/1.1 calls invalid, or picks its default site for it (RFC 9112 §3.2). `Content-Length`
+/// is the framing the client sent, and of a response to `HEAD` the only size the client gets;
+/// dropped, hyper would reframe the message as chunked, which some backends refuse. Nothing
+/// else needs it: `Transfer-Encoding` is hop-by-hop anyway (hyper decodes and re-encodes the
+/// body), and `X-Forwarded-*` are set after the removal, so a client can drop the list it
+/// brought but never the address sweeplb appends.
+const NEVER_NAMED_AWAY: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -42,7 +53,71 @@ pub(super) fn upgrade_asked(parts: &http::request::Parts) -> Option<HeaderValue>
         .then(|| protocol.clone())
 }
 
-/// Removes hop-by-hop headers, including every header that `Connection` names.
+/// Why a request is refused for its `Host` (RFC 9112 §3.2), or `None`: the request must carry
+/// one valid `Host`, `uri-host[:port]` with no userinfo, except that an HTTP/1.0 request may
+/// carry none and an absolute-form target's authority stands for a missing one (and replaces a
+/// present one when forwarding, §3.2.2). More than one `Host` line is refused even when they
+/// agree, as the RFC says: proxies and backends that pick a different one of two is what
+/// makes host confusion possible.
+pub(crate) fn host_problem(parts: &http::request::Parts) -> Option<&'static str> {
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    if let Some(authority) = parts.uri.authority() {
+        if authority.as_str().contains('@') {
+            return Some("userinfo in the request target");
+        }
+    }
+    match host {
+        Some(value) if !valid_host(value.as_bytes()) => Some("an invalid Host header"),
+        Some(_) => None,
+        None if parts.version == Version::HTTP_11 && parts.uri.authority().is_none() => {
+            Some("no Host header")
+        }
+        None => None,
+    }
+}
+
+/// `uri-host [":" port]` (RFC 9110 §7.2): an IP literal in brackets, or a non-empty reg-name
+/// or IPv4 address, then digits after a colon. No userinfo, path or space. A byte scan rather
+/// than `http::uri::Authority`, which copies the value, as this runs on every request.
+fn valid_host(value: &[u8]) -> bool {
+    let (host, port): (&[u8], &[u8]) = if value.first() == Some(&b'[') {
+        let Some(end) = value.iter().position(|&b| b == b']') else {
+            return false;
+        };
+        let (literal, rest) = value.split_at(end + 1);
+        let inside = &literal[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || b":.".contains(b))
+        {
+            return false;
+        }
+        match rest {
+            [] => return true,
+            [b':', port @ ..] => (literal, port),
+            _ => return false,
+        }
+    } else {
+        let (host, port) = match value.iter().rposition(|&b| b == b':') {
+            Some(at) => (&value[..at], &value[at + 1..]),
+            None => (value, &[][..]),
+        };
+        let reg_name = |b: &u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=".contains(b);
+        if host.is_empty() || !host.iter().all(reg_name) {
+            return false;
+        }
+        (host, port)
+    };
+    !host.is_empty() && port.iter().all(u8::is_ascii_digit)
+}
+
+/// Removes hop-by-hop headers, including every header that `Connection` names, except those
+/// it may never name away ([`NEVER_NAMED_AWAY`]).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none: one pass over the names is cheaper than nine removals.
     if !headers
@@ -57,6 +132,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !NEVER_NAMED_AWAY.contains(name))
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
@@ -140,6 +216,111 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn connection_never_names_host_or_content_length_away() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Host, content-length, x-gone"),
+        );
+        h.insert(header::HOST, HeaderValue::from_static("shop.test"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "host"]);
+    }
+
+    #[test]
+    fn host_rules() {
+        use http::Version as V;
+        let none: Option<&str> = None;
+        let cases: &[(&str, V, &[&str], Option<&str>)] = &[
+            ("/", V::HTTP_11, &["shop.test"], none),
+            ("/", V::HTTP_11, &["shop.test:8080"], none),
+            ("/", V::HTTP_11, &["127.0.0.1:80"], none),
+            ("/", V::HTTP_11, &["[::1]:8080"], none),
+            ("/", V::HTTP_11, &["[::1]"], none),
+            ("/", V::HTTP_11, &[], Some("no Host header")),
+            ("/", V::HTTP_10, &[], none),
+            (
+                "/",
+                V::HTTP_11,
+                &["a.test", "b.test"],
+                Some("more than one Host header"),
+            ),
+            (
+                "/",
+                V::HTTP_11,
+                &["a.test", "a.test"],
+                Some("more than one Host header"),
+            ),
+            (
+                "/",
+                V::HTTP_10,
+                &["a.test", "b.test"],
+                Some("more than one Host header"),
+            ),
+            ("/", V::HTTP_11, &[""], Some("an invalid Host header")),
+            (
+                "/",
+                V::HTTP_11,
+                &["user@shop.test"],
+                Some("an invalid Host header"),
+            ),
+            (
+                "/",
+                V::HTTP_11,
+                &["shop.test:http"],
+                Some("an invalid Host header"),
+            ),
+            (
+                "/",
+                V::HTTP_11,
+                &["a.test/b"],
+                Some("an invalid Host header"),
+            ),
+            (
+                "/",
+                V::HTTP_11,
+                &["a.test, b.test"],
+                Some("an invalid Host header"),
+            ),
+            ("/", V::HTTP_11, &[":80"], Some("an invalid Host header")),
+            ("/", V::HTTP_11, &["[::1"], Some("an invalid Host header")),
+            ("/", V::HTTP_11, &["[::1]x"], Some("an invalid Host header")),
+            ("/", V::HTTP_11, &["a:b:80"], Some("an invalid Host header")),
+            // The target's authority is the host; a Host line, if any, is replaced.
+            ("http://shop.test/a", V::HTTP_11, &[], none),
+            ("http://shop.test/a", V::HTTP_11, &["other.test"], none),
+            (
+                "http://shop.test/a",
+                V::HTTP_11,
+                &["a.test", "b.test"],
+                Some("more than one Host header"),
+            ),
+            (
+                "http://u:p@shop.test/a",
+                V::HTTP_11,
+                &["shop.test"],
+                Some("userinfo in the request target"),
+            ),
+        ];
+        for &(target, version, hosts, expected) in cases {
+            let mut req = Request::get(target).version(version);
+            for host in hosts {
+                req = req.header(header::HOST, *host);
+            }
+            let (parts, ()) = req.body(()).unwrap().into_parts();
+            assert_eq!(
+                host_problem(&parts),
+                expected,
+                "{target} {version:?} Host: {hosts:?}"
+            );
+        }
     }
 
     #[test]

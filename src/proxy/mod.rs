@@ -39,6 +39,7 @@ use crate::pool::{self, Backend, Report};
 use crate::server::Client;
 use body::{ClientFault, Fault, FromClient, Paced, RequestBody, Returning};
 pub(crate) use error::Error;
+pub(crate) use headers::host_problem;
 use retry::{Attempt, Decision, Failure};
 pub(crate) use sticky::StickyStats;
 use sticky::{Plan, Sticky};

@@ -3,11 +3,15 @@
 //! hyper has one timer for both: `header_read_timeout` runs from the moment a connection starts
 //! waiting for a request head, so an idle keep-alive connection and a slowloris client get the
 //! same allowance. The proxy gives hyper's timer the idle allowance (`timeouts.idle`) and
-//! enforces `timeouts.header_read` here, from the first byte of a head: a read that arrives more
-//! than `header_read` after a head's first byte, with that head still not complete, fails the
-//! connection. No timer is involved and a head costs one clock read. A client that sends part
-//! of a head and then nothing is closed by hyper's idle timer, like any idle connection; one
-//! that dribbles is cut at its first byte past the deadline.
+//! enforces `timeouts.header_read` here, from the first byte of a head, on every head, finished
+//! or not: a read that arrives more than `header_read` after a head's first byte, with that head
+//! still not complete, fails the connection (a client that dribbles), and so does the deadline
+//! passing while hyper waits for the rest of a head (a client that sent part of one and then
+//! nothing: it would otherwise hold its buffer until `timeouts.idle`).
+//!
+//! A head that arrives whole in one read costs one clock read and no timer: the timer is armed
+//! only when hyper asks for more bytes of a head it has begun, once per connection and then
+//! reset, never allocated per request.
 
 use std::io;
 use std::pin::Pin;
@@ -51,6 +55,19 @@ impl Head {
         self.first_byte.store(0, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
         Done(Arc::clone(self))
+    }
+
+    /// When the head being read must be complete: `Some` only while a head has begun and is
+    /// not complete yet.
+    fn deadline(&self) -> Option<tokio::time::Instant> {
+        if self.off.load(Ordering::Relaxed) || self.busy.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let first = self.first_byte.load(Ordering::Relaxed).checked_sub(1)?;
+        let at = self
+            .opened
+            .checked_add(Duration::from_millis(first.checked_add(self.limit_ms)?))?;
+        Some(tokio::time::Instant::from_std(at))
     }
 
     /// The connection switched protocols.
@@ -97,11 +114,17 @@ impl Drop for Done {
 pub struct Watched<S> {
     inner: S,
     head: Arc<Head>,
+    /// Armed the first time hyper waits for the rest of a head, then reset for later ones.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl<S> Watched<S> {
     pub fn new(inner: S, head: Arc<Head>) -> Watched<S> {
-        Watched { inner, head }
+        Watched {
+            inner,
+            head,
+            timer: None,
+        }
     }
 }
 
@@ -111,6 +134,22 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // hyper reads again with a head begun and not complete: the head came in pieces, and
+        // the rest must come before the deadline, whether or not any more bytes do.
+        if let Some(at) = self.head.deadline() {
+            let timer = self
+                .timer
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
+            }
+            if timer.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head not complete within header_read of its first byte",
+                )));
+            }
+        }
         let before = buf.filled().len();
         ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
         if buf.filled().len() > before {
@@ -209,5 +248,36 @@ mod tests {
         // A tunnel is not HTTP.
         head.stop_watching();
         head.read().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_head_that_stops_arriving_is_cut_at_its_deadline_an_idle_connection_is_not() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let limit = Duration::from_millis(100);
+        let (mut client, server) = tokio::io::duplex(1024);
+        let head = Head::new(limit);
+        let mut io = Watched::new(server, Arc::clone(&head));
+        let mut buf = [0u8; 64];
+
+        // Waiting for a first head is idleness, not a head's time: nothing cuts it here.
+        let idle = tokio::time::timeout(limit * 3, io.read(&mut buf)).await;
+        assert!(idle.is_err(), "an idle connection was cut: {idle:?}");
+
+        // A head in one piece, answered: the next wait is idle again.
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        drop(head.request_started());
+        let idle = tokio::time::timeout(limit * 3, io.read(&mut buf)).await;
+        assert!(idle.is_err(), "an idle connection was cut: {idle:?}");
+
+        // Part of a head, then nothing: cut at the deadline, not left to wait.
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(io.read(&mut buf).await.unwrap() > 0);
+        let started = std::time::Instant::now();
+        let cut = tokio::time::timeout(Duration::from_secs(5), io.read(&mut buf))
+            .await
+            .expect("cut within 5 s");
+        assert_eq!(cut.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= limit / 2, "{:?}", started.elapsed());
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct Settings {
     pub(crate) header_read: Duration,
     /// How long in-flight requests and tunnels may go on once shutdown begins.
     pub(crate) shutdown: Duration,
+    /// The largest request head (request line and headers) in bytes; hyper answers a larger
+    /// one, finished or not, 431 and closes.
+    pub(crate) max_head: usize,
 }
 
 /// What a server serves. The caller builds one per worker thread, so that whatever a request
@@ -208,8 +211,12 @@ impl<S: Service> Worker<S> {
         // hyper's head timer runs from when a connection starts waiting, so it is given the
         // idle allowance; `header_read` is counted from a head's first byte (`head_deadline`).
         // The timer is what makes `header_read_timeout` real: without one hyper skips it.
+        // `max_header_size` rather than `max_buf_size`: the latter also caps how much of a
+        // body one read takes and how much of a response is buffered for writing, and its
+        // overflow is checked against the whole buffer, pipelined requests included.
         http.timer(TokioTimer::new())
             .header_read_timeout(settings.idle.max(settings.header_read))
+            .max_header_size(settings.max_head)
             .keep_alive(true);
         self.service.start(&shutdown);
         loop {

@@ -54,9 +54,9 @@ fn cookie_for_first(backends: &[Backend]) -> String {
 async fn a_query_of_death_reaches_one_backend_once_and_its_client_gets_502() {
     for (n, answer) in [
         // The backend dies on it: the connection closes with no answer.
-        (90u8, &b""[..]),
+        (100u8, &b""[..]),
         // The backend answers garbage.
-        (91, &b"NOT HTTP AT ALL\r\n\r\n"[..]),
+        (101, &b"NOT HTTP AT ALL\r\n\r\n"[..]),
     ] {
         let net = Net::new(n);
         let (lb, backends, deadly_hits, others_hit) = deadly_lab(&net, answer).await;
@@ -82,7 +82,7 @@ async fn a_query_of_death_reaches_one_backend_once_and_its_client_gets_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_request_body_is_the_clients_400_not_the_backends_502() {
-    let net = Net::new(92);
+    let net = Net::new(102);
     let backend = custom(net.addr(10), |_req: Request| async { text(200, "ok") });
     let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
     let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
@@ -104,7 +104,7 @@ async fn a_malformed_request_body_is_the_clients_400_not_the_backends_502() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_with_both_transfer_encoding_and_content_length_is_framed_by_its_chunks() {
-    let net = Net::new(93);
+    let net = Net::new(103);
     let backend = raw(net.addr(10), |mut s, _| async move {
         let _ = s
             .write_all(
@@ -127,7 +127,7 @@ async fn a_response_with_both_transfer_encoding_and_content_length_is_framed_by_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_a_backend_writes_on_an_idle_connection_reach_no_one_and_are_counted() {
-    let net = Net::new(94);
+    let net = Net::new(104);
     // Answers each request on a connection; after the first, 100 ms later, it also writes a
     // whole second response nobody asked for.
     let backend = raw(net.addr(10), |mut s, _| async move {

@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Balancer, Net, Request, client, custom, lab, read_response, text};
+use crate::support::{
+    Balancer, Net, Request, client, closed_within, custom, lab, read_response, text,
+};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_dribbling_its_request_head_is_cut_off() {
@@ -52,6 +54,30 @@ async fn a_client_dribbling_its_request_head_is_cut_off() {
     assert_eq!(
         client().get(lb.url("/")).send().await.unwrap().status(),
         200
+    );
+    lb.stop().await;
+}
+
+/// A head that stops arriving is closed at `header_read` from its first byte, not left to hold
+/// its buffer until `idle`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_mid_head_is_cut_at_header_read_not_idle() {
+    let net = Net::new(92);
+    let (_backends, lb) = lab(
+        &net,
+        &[10],
+        "timeouts:\n  header_read: 500ms\n  idle: 30s\n",
+    )
+    .await;
+
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").await.unwrap();
+    let start = Instant::now();
+    closed_within(&mut s, Duration::from_secs(10)).await;
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "cut off before header_read: {:?}",
+        start.elapsed()
     );
     lb.stop().await;
 }

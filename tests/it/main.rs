@@ -8,5 +8,6 @@ mod forwarding;
 mod lifecycle;
 mod retry;
 mod sessions;
+mod smuggling;
 mod stickiness;
 mod support;

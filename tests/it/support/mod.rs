@@ -16,7 +16,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use backend::{
-    Backend, addrs, custom, raw, serve_webapp, tcp, text, webapp, webapp_named, webapps,
+    Backend, HEALTH_OK, addrs, custom, raw, serve_webapp, tcp, text, webapp, webapp_named, webapps,
     with_headers,
 };
 pub use balancer::{Balancer, lab};
