@@ -87,6 +87,7 @@ pub async fn run(
         idle: timeouts.idle,
         header_read: timeouts.header_read,
         shutdown: timeouts.shutdown,
+        write_stall: timeouts.body,
         max_head: config.limits.max_request_head,
     };
     // The first sweep's finds have joined by then: a whole round, `rise` checks, a timeout.

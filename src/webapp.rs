@@ -206,6 +206,7 @@ pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: Cancellation
         idle: Duration::from_secs(30),
         header_read: Duration::from_secs(30),
         shutdown: Duration::from_secs(5),
+        write_stall: Duration::from_secs(30),
         max_head: crate::config::MAX_REQUEST_HEAD,
     };
     let services = (0..crate::workers())

@@ -9,6 +9,7 @@
 
 mod drain;
 mod head_deadline;
+mod write_deadline;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use drain::Drain;
 use head_deadline::{Head, Tracked, Watched};
+use write_deadline::WriteDeadline;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -44,6 +46,8 @@ pub(crate) struct Settings {
     pub(crate) header_read: Duration,
     /// How long in-flight requests and tunnels may go on once shutdown begins.
     pub(crate) shutdown: Duration,
+    /// How long a write to a client may wait for the client to read.
+    pub(crate) write_stall: Duration,
     /// The largest request head (request line and headers) in bytes; hyper answers a larger
     /// one, finished or not, 431 and closes.
     pub(crate) max_head: usize,
@@ -254,7 +258,10 @@ impl<S: Service> Worker<S> {
         local: SocketAddr,
     ) {
         let head = Head::new(self.settings.header_read);
-        let io = Watched::new(stream, Arc::clone(&head));
+        let io = Watched::new(
+            WriteDeadline::new(stream, self.settings.write_stall),
+            Arc::clone(&head),
+        );
         let conn = Arc::new(Connection {
             service: Arc::clone(&self.service),
             client: Client {

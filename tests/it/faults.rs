@@ -181,3 +181,50 @@ async fn bytes_a_backend_writes_on_an_idle_connection_reach_no_one_and_are_count
     );
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_after_the_body_timeout_and_so_is_its_backend() {
+    let net = Net::new(105);
+    // Streams a response without end, and says when its connection was closed under it.
+    let (tx, mut backend_closed) = tokio::sync::mpsc::unbounded_channel();
+    let backend = raw(net.addr(10), move |mut s, _| {
+        let tx = tx.clone();
+        async move {
+            let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+            if s.write_all(head).await.is_err() {
+                return;
+            }
+            let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, "z".repeat(64 * 1024));
+            let started = tokio::time::Instant::now();
+            // Bounded: a minute at most, whatever happens.
+            while started.elapsed() < Duration::from_secs(60) {
+                if s.write_all(chunk.as_bytes()).await.is_err() {
+                    let _ = tx.send(started.elapsed());
+                    return;
+                }
+            }
+        }
+    });
+    let lb = Balancer::found(&net.config("", "timeouts:\n  body: 1s\n"), &[backend.addr]).await;
+    // A client with a small receive buffer that asks and then never reads.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /stream HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+        .await
+        .unwrap();
+    let asked = tokio::time::Instant::now();
+    // The backend's connection is cut: the balancer gave up on a client that reads nothing.
+    let cut = tokio::time::timeout(Duration::from_secs(10), backend_closed.recv())
+        .await
+        .expect("the backend's connection was still open after 10 s")
+        .expect("a report");
+    assert!(
+        cut >= Duration::from_millis(900),
+        "cut after {cut:?}, before the 1s body timeout"
+    );
+    // And the client's: what it had been sent is there to read, then the end.
+    crate::support::closed_within(&mut s, Duration::from_secs(5)).await;
+    assert!(asked.elapsed() < Duration::from_secs(10));
+    lb.stop().await;
+}
