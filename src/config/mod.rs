@@ -176,13 +176,7 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         .and_then(|f| f.take(MAX_CONFIG_BYTES + 1).read_to_end(&mut bytes))
         .map_err(cannot)?;
     if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Error::one(
-            "config",
-            format!(
-                "{} is larger than {MAX_CONFIG_BYTES} bytes; expected a config file of at most 1 MiB",
-                path.display()
-            ),
-        ));
+        return Err(too_large(&path.display().to_string()));
     }
     let text = String::from_utf8(bytes).map_err(|e| {
         Error::one(
@@ -194,6 +188,13 @@ pub fn load(path: &Path) -> Result<Config, Error> {
         )
     })?;
     parse(&text)
+}
+
+fn too_large(what: &str) -> Error {
+    Error::one(
+        "config",
+        format!("{what} is larger than {MAX_CONFIG_BYTES} bytes; expected at most 1 MiB"),
+    )
 }
 
 /// Parses and validates a config, including the check that every swept range is loopback or
@@ -210,13 +211,7 @@ pub fn attached_networks() -> Vec<IpNet> {
 /// [`parse`] on a host attached to `attached`, so the routed-range rule can be tested.
 fn parse_for(text: &str, attached: &[IpNet]) -> Result<Config, Error> {
     if text.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(Error::one(
-            "config",
-            format!(
-                "{} bytes; expected at most {MAX_CONFIG_BYTES} (1 MiB)",
-                text.len()
-            ),
-        ));
+        return Err(too_large("the config text"));
     }
     let flows = text.bytes().filter(|b| matches!(b, b'[' | b'{')).count();
     if flows > MAX_FLOW_COLLECTIONS {

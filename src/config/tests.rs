@@ -351,7 +351,7 @@ fn a_config_file_is_read_up_to_its_cap() {
     for (path, expected) in [
         (
             big.as_path(),
-            "is larger than 1048576 bytes; expected a config file of at most 1 MiB",
+            "is larger than 1048576 bytes; expected at most 1 MiB",
         ),
         (zero, "is larger than 1048576 bytes"),
         (not_text.as_path(), "is not UTF-8 text"),

@@ -16,47 +16,7 @@ use crate::pool::InflightGuard;
 use crate::server::BoxError;
 
 /// The body sent upstream: the client's streamed body, or nothing (for a retried request).
-pub(crate) type RequestBody = http_body_util::Either<FromClient, http_body_util::Empty<Bytes>>;
-
-pin_project_lite::pin_project! {
-    /// The client's request body on its way upstream, paced, with every failure wrapped in
-    /// [`ClientFault`] so that it is never taken for the backend's.
-    pub(crate) struct FromClient {
-        #[pin]
-        inner: Paced<Incoming>,
-    }
-}
-
-impl FromClient {
-    pub(crate) fn new(body: Incoming, limit: Duration) -> FromClient {
-        FromClient {
-            inner: Paced::new(body, limit),
-        }
-    }
-}
-
-impl Body for FromClient {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        self.project()
-            .inner
-            .poll_frame(cx)
-            .map_err(|e| Box::new(ClientFault(e)) as BoxError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+pub(crate) type RequestBody = http_body_util::Either<Paced<Incoming>, http_body_util::Empty<Bytes>>;
 
 /// The client's request body failed: it stalled, was malformed, or the client left.
 #[derive(Debug, thiserror::Error)]
@@ -119,6 +79,9 @@ pin_project_lite::pin_project! {
         limit: Duration,
         stall: Option<Pin<Box<tokio::time::Sleep>>>,
         progressed: bool,
+        // The client's request body: its failures are wrapped in `ClientFault`, so that they
+        // are never taken for the backend's.
+        from_client: bool,
     }
 }
 
@@ -129,6 +92,15 @@ impl<B> Paced<B> {
             limit,
             stall: None,
             progressed: false,
+            from_client: false,
+        }
+    }
+
+    /// A client's request body on its way upstream.
+    pub(crate) fn from_client(inner: B, limit: Duration) -> Paced<B> {
+        Paced {
+            from_client: true,
+            ..Paced::new(inner, limit)
         }
     }
 }
@@ -146,7 +118,7 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let polled = match this.inner.poll_frame(cx) {
             Poll::Ready(frame) => {
                 *this.progressed = true;
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
@@ -161,10 +133,15 @@ where
                     stall.as_mut().reset(tokio::time::Instant::now() + limit);
                 }
                 match stall.as_mut().poll(cx) {
-                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(limit))))),
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(Stalled(limit)) as BoxError))),
                     Poll::Pending => Poll::Pending,
                 }
             }
+        };
+        if *this.from_client {
+            polled.map_err(|e| Box::new(ClientFault(e)) as BoxError)
+        } else {
+            polled
         }
     }
 

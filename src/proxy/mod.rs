@@ -37,7 +37,7 @@ use tracing::debug;
 use crate::config::{Balance, Timeouts};
 use crate::pool::{self, Backend, Report};
 use crate::server::Client;
-use body::{ClientFault, Fault, FromClient, Paced, RequestBody, Returning};
+use body::{ClientFault, Fault, Paced, RequestBody, Returning};
 pub(crate) use error::Error;
 pub(crate) use headers::host_problem;
 use retry::{Attempt, Decision, Failure};
@@ -244,7 +244,7 @@ impl Worker {
                 parts.headers.clone(),
             )
         });
-        let body = FromClient::new(body, self.proxy.timeouts.body);
+        let body = Paced::from_client(body, self.proxy.timeouts.body);
         let req = Request::from_parts(parts, Either::Left(body));
         let upgrade = upgrade.map(|(_, on)| on);
         let sent = self
@@ -310,13 +310,7 @@ impl Worker {
             let mut conn = match conn {
                 Ok(c) => c,
                 Err(source) => {
-                    self.connect_failed(addr, &source);
-                    let tried = tried + 1;
-                    last = Some(Error::Connect {
-                        tried,
-                        addr,
-                        source,
-                    });
+                    last = Some(self.unreachable(addr, source, tried + 1));
                     match attempt.decide(Failure::Connect) {
                         Decision::NextBackend => continue,
                         _ => break,
@@ -388,13 +382,7 @@ impl Worker {
                     Decision::Reconnect => match self.connections.connect(addr).await {
                         Ok(c) => conn = c,
                         Err(source) => {
-                            self.connect_failed(addr, &source);
-                            let tried = tried + 1;
-                            last = Some(Error::Connect {
-                                tried,
-                                addr,
-                                source,
-                            });
+                            last = Some(self.unreachable(addr, source, tried + 1));
                             match attempt.decide(Failure::Connect) {
                                 Decision::NextBackend => continue 'backends,
                                 _ => break 'backends,
@@ -408,12 +396,19 @@ impl Worker {
         Err(last.unwrap_or(Error::NoBackend))
     }
 
-    fn connect_failed(&self, addr: SocketAddr, e: &ConnectError) {
-        debug!(%addr, error = %e, "connect to backend failed; trying the next");
+    /// A connection to `addr` could not be made: the prober hears of it (the backend leaves
+    /// routing at once), and the client would be told so if no other candidate answers.
+    fn unreachable(&self, addr: SocketAddr, source: ConnectError, tried: usize) -> Error {
+        debug!(%addr, error = %source, "connect to backend failed; trying the next");
         let _ = self.proxy.reports.try_send(Report::ConnectFailed {
             addr,
-            reason: e.to_string(),
+            reason: source.to_string(),
         });
+        Error::Connect {
+            tried,
+            addr,
+            source,
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::{
-    Backend, Balancer, Net, Request, addrs, candidates, client, custom, raw, text,
+    Backend, Balancer, Net, Request, addrs, candidates, canned, client, custom, raw, text,
 };
 
 /// Backends .10-.12; every request to .10 other than a health check is counted and answered
@@ -105,14 +105,11 @@ async fn a_malformed_request_body_is_the_clients_400_not_the_backends_502() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_with_both_transfer_encoding_and_content_length_is_framed_by_its_chunks() {
     let net = Net::new(103);
-    let backend = raw(net.addr(10), |mut s, _| async move {
-        let _ = s
-            .write_all(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n\
-                  5\r\nhello\r\n0\r\n\r\n",
-            )
-            .await;
-    });
+    let backend = canned(
+        net.addr(10),
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n\
+          5\r\nhello\r\n0\r\n\r\n",
+    );
     let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
     let resp = client().get(lb.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 200);

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    Balancer, Net, Request, addrs, candidates, client, custom, raw, read_response, text,
+    Balancer, Net, Request, addrs, candidates, canned, client, custom, raw, read_response, text,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,14 +142,10 @@ async fn requests_waiting_on_a_backend_the_prober_removes_get_502_and_are_never_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backend_switching_protocols_unasked_gives_502() {
     let net = Net::new(52);
-    let backend = raw(net.addr(10), |mut s, _| async move {
-        let _ = s
-            .write_all(
-                b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
-            )
-            .await;
-        let _ = s.readable().await;
-    });
+    let backend = canned(
+        net.addr(10),
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n",
+    );
     let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
     let resp = client().get(lb.url("/")).send().await.unwrap();
     assert_eq!(resp.status(), 502);

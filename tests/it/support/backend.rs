@@ -164,6 +164,16 @@ where
     })
 }
 
+/// A raw backend that answers every request (but the prober's) with `answer`, bytes as they
+/// are, then waits for the peer to close.
+pub fn canned(addr: SocketAddr, answer: &'static [u8]) -> Backend {
+    raw(addr, move |mut s, _| async move {
+        if s.write_all(answer).await.is_ok() {
+            let _ = s.readable().await;
+        }
+    })
+}
+
 /// Reads off a raw socket until a request head is complete; what was read (the head, maybe
 /// some body), or `None` if the peer closed first.
 pub async fn read_request_head(s: &mut TcpStream) -> Option<Vec<u8>> {

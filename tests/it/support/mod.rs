@@ -16,8 +16,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 pub use backend::{
-    Backend, HEALTH_OK, addrs, custom, raw, serve_webapp, tcp, text, webapp, webapp_named, webapps,
-    with_headers,
+    Backend, HEALTH_OK, addrs, canned, custom, raw, serve_webapp, tcp, text, webapp, webapp_named,
+    webapps, with_headers,
 };
 pub use balancer::{Balancer, lab};
 pub type Request = http::Request<hyper::body::Incoming>;
