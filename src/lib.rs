@@ -46,6 +46,7 @@ pub mod demo;
 mod discovery;
 mod front;
 mod host;
+mod identity;
 mod message;
 mod pool;
 mod proxy;
