@@ -17,6 +17,8 @@
 //!   deadline (`head_deadline.rs`), draining at shutdown (`drain.rs`).
 //! - `front`: the balancer's service: `/_lb/*` to `admin`, everything else to `proxy`.
 //! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
+//! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
+//!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
 //!   small pieces several components share.
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
