@@ -55,4 +55,13 @@ for target in balancer webapp; do
         --build-arg VERSION="$version" --build-arg REVISION="$revision" --build-arg CREATED="$created" \
         "$context" >/dev/null
 done
+# The identity secret the compose lab and the swarm stack share between the balancer and the
+# webapps: made once, at random, and kept. 0644 because compose bind-mounts it and the
+# containers run as nobody; it is only as private as this directory.
+secret=$repo/docker/identity.secret
+if [ -z "${SWEEPLB_IDENTITY_SECRET_FILE:-}" ] && [ ! -s "$secret" ]; then
+    echo "build.sh: making $secret (a random identity secret for the lab)" >&2
+    (umask 022 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$secret" && echo >>"$secret")
+fi
+
 docker images --filter reference="sweeplb:$tag" --filter reference="sweeplb-webapp:$tag"

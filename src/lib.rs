@@ -19,6 +19,8 @@
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
 //! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
+//! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
+//!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
 //!   small pieces several components share.
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
@@ -48,6 +50,7 @@ pub mod demo;
 mod discovery;
 mod front;
 mod host;
+mod identity;
 mod message;
 mod pool;
 mod proxy;

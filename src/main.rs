@@ -41,6 +41,11 @@ enum Command {
         /// exit; a second signal exits at once.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         drain_grace: std::time::Duration,
+        /// A file holding the balancer's `discovery.identity_secret`: health probes are then
+        /// answered with the identity proof. A file, not the secret itself, so it never shows
+        /// in `ps`.
+        #[arg(long, value_name = "PATH")]
+        identity_secret_file: Option<PathBuf>,
     },
     /// GET one URL and exit 0 on a 2xx answer, 1 otherwise: a container HEALTHCHECK without a
     /// shell.
@@ -70,7 +75,11 @@ fn main() -> ExitCode {
             listen,
             app,
             drain_grace,
-        }) => exit(runtime().and_then(|rt| rt.block_on(webapp(listen, app, drain_grace)))),
+            identity_secret_file,
+        }) => exit(
+            runtime()
+                .and_then(|rt| rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))),
+        ),
         // The demo always runs its own loopback config, whatever --config says.
         Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
             Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
@@ -148,6 +157,14 @@ fn check(path: &std::path::Path) -> ExitCode {
     println!("timeout         {}", humantime::format_duration(d.timeout));
     println!("rise/fall       {}/{}", d.rise, d.fall);
     println!("concurrency     {}", d.concurrency);
+    println!(
+        "identity        {}",
+        if d.identity_secret.is_some() {
+            "a proof of the identity secret in every health answer"
+        } else {
+            "no proof required (discovery.identity_secret unset)"
+        }
+    );
     ExitCode::SUCCESS
 }
 
@@ -225,12 +242,19 @@ async fn webapp(
     listen: SocketAddr,
     app: String,
     drain_grace: std::time::Duration,
+    identity_secret_file: Option<PathBuf>,
 ) -> anyhow::Result<()> {
+    let mut webapp = sweeplb::webapp::Webapp::new(&app);
+    if let Some(path) = &identity_secret_file {
+        let secret = sweeplb::webapp::read_identity_secret(path)
+            .map_err(|e| anyhow::anyhow!("--identity-secret-file: {e}"))?;
+        webapp = webapp.with_identity_secret(&secret);
+    }
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("--listen: cannot bind {listen}"))?;
-    tracing::info!(%listen, "webapp listening");
-    let app = Arc::new(sweeplb::webapp::Webapp::new(&app));
+    tracing::info!(%listen, identity_proof = identity_secret_file.is_some(), "webapp listening");
+    let app = Arc::new(webapp);
     let (signalled, shutdown) = (CancellationToken::new(), CancellationToken::new());
     on_signal(signalled.clone());
     // The first signal drains: health answers say so, so the balancer sends no new users,

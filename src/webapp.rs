@@ -6,12 +6,14 @@
 //! at one. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer.
 //! Every answer names the instance (`x-sweeplb-instance`, the hostname: a container's id), so a
 //! container replaced at the same address is told apart. Once told to drain (the binary does
-//! on SIGTERM), its health answers carry `x-sweeplb-drain` while it goes on serving.
+//! on SIGTERM), its health answers carry `x-sweeplb-drain` while it goes on serving. Given the
+//! balancer's `identity_secret`, it answers each health probe's nonce with the identity proof.
 //!
 //! It is deliberately simple: no persistence, and the session table is bounded by clearing it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +27,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::config::Secret;
+use crate::identity::{self, NONCE_HEADER, PROOF_HEADER};
 use crate::message;
 use crate::server::{self, Client, Service};
 
@@ -48,6 +52,8 @@ pub struct Webapp {
     sessions: Mutex<HashMap<String, u64>>,
     delay_ms: AtomicU64,
     draining: AtomicBool,
+    /// The balancer's `discovery.identity_secret`, to prove this is a backend it may trust.
+    identity_secret: Option<Secret>,
 }
 
 #[derive(Deserialize)]
@@ -68,7 +74,15 @@ impl Webapp {
             sessions: Mutex::new(HashMap::new()),
             delay_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            identity_secret: None,
         }
+    }
+
+    /// The same app answering health probes that carry a nonce with the identity proof made
+    /// with `secret`, which must be the balancer's `discovery.identity_secret`.
+    pub fn with_identity_secret(mut self, secret: &str) -> Webapp {
+        self.identity_secret = Some(Secret(secret.to_string()));
+        self
     }
 
     /// The same app naming itself `instance` (tests run several in one process, where the
@@ -102,6 +116,9 @@ impl Webapp {
                     resp.headers_mut()
                         .insert(DRAIN_HEADER, HeaderValue::from_static("1"));
                 }
+                if let Some(proof) = self.proof(&req, local) {
+                    resp.headers_mut().insert(PROOF_HEADER, proof);
+                }
                 resp
             }
             (&Method::POST, "/delay") => self.set_delay(req).await,
@@ -117,6 +134,17 @@ impl Webapp {
         }
         headers.insert(INSTANCE_HEADER, self.instance.clone());
         resp
+    }
+
+    /// The proof for the request's nonce at the address it arrived on, if there is a secret
+    /// and a well-formed nonce.
+    fn proof(&self, req: &Request<Incoming>, local: SocketAddr) -> Option<HeaderValue> {
+        let secret = self.identity_secret.as_ref()?;
+        let nonce = req.headers().get(NONCE_HEADER)?.to_str().ok()?;
+        if !identity::is_nonce(nonce) {
+            return None;
+        }
+        HeaderValue::from_str(&identity::proof(secret.0.as_bytes(), nonce, local)).ok()
     }
 
     fn index(&self, req: &Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
@@ -181,6 +209,13 @@ impl Webapp {
             ),
         }
     }
+}
+
+/// Reads an identity secret file as the balancer reads `discovery.identity_secret_file`: UTF-8
+/// text, surrounding whitespace ignored, at least 16 characters. The error names the file and
+/// what is accepted, never the content.
+pub fn read_identity_secret(path: &Path) -> Result<String, String> {
+    identity::read_secret(path)
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Full<Bytes>> {

@@ -67,6 +67,9 @@ pub struct Discovery {
     pub fall: u32,
     pub concurrency: usize,
     pub allow_routed: bool,
+    /// When set, a backend must prove it holds this secret in every health answer (an HMAC
+    /// of the probe's fresh nonce and its address): see `identity.rs`.
+    pub identity_secret: Option<Secret>,
 }
 
 #[derive(Debug, Clone)]

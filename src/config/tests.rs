@@ -236,6 +236,115 @@ fn pinning_keys_are_off_unless_set() {
     assert!(!format!("{c:?}").contains("0123456789abcdef"), "{c:?}");
 }
 
+/// A file of this test's own in the temp directory, removed on drop.
+struct TempFile(std::path::PathBuf);
+
+impl TempFile {
+    fn new(name: &str, content: &[u8]) -> TempFile {
+        let path = std::env::temp_dir().join(format!("sweeplb-{}-{name}", std::process::id()));
+        std::fs::write(&path, content).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn identity_secret_inline_or_from_a_file() {
+    let c = parse(MINIMAL).unwrap();
+    assert!(c.discovery.identity_secret.is_none());
+    let c = parse(
+        "discovery: {subnets: [127.77.0.0/24], identity_secret: ' 0123456789abcdef-inline '}",
+    )
+    .unwrap();
+    let secret = c.discovery.identity_secret.as_ref().unwrap();
+    assert_eq!(secret.0, "0123456789abcdef-inline");
+    // Used, never printed.
+    assert!(!format!("{c:?}").contains("0123456789abcdef"), "{c:?}");
+
+    let file = TempFile::new("secret-ok", b"0123456789abcdef-from-a-file\n");
+    let c = parse(&format!(
+        "discovery: {{subnets: [127.77.0.0/24], identity_secret_file: '{}'}}",
+        file.0.display()
+    ))
+    .unwrap();
+    let secret = c.discovery.identity_secret.as_ref().unwrap();
+    assert_eq!(secret.0, "0123456789abcdef-from-a-file");
+    assert!(!format!("{c:?}").contains("from-a-file"), "{c:?}");
+}
+
+#[test]
+fn identity_secret_problems_name_the_key_never_the_secret() {
+    let short = TempFile::new("secret-short", b"short-secret\n\n");
+    let binary = TempFile::new("secret-binary", &[0xff, 0xfe, 0x00, 0x01]);
+    let missing = std::env::temp_dir().join("sweeplb-no-such-secret-file");
+    let cases: Vec<(String, String)> = vec![
+        (
+            "discovery: {subnets: [127.77.0.0/24], identity_secret: short-secret}".into(),
+            "discovery.identity_secret: shorter than 16 characters".into(),
+        ),
+        (
+            format!(
+                "discovery: {{subnets: [127.77.0.0/24], identity_secret: 0123456789abcdef, \
+                 identity_secret_file: '{}'}}",
+                short.0.display()
+            ),
+            "discovery.identity_secret_file: set together with discovery.identity_secret; \
+             expected one of them, not both"
+                .into(),
+        ),
+        (
+            format!(
+                "discovery: {{subnets: [127.77.0.0/24], identity_secret_file: '{}'}}",
+                short.0.display()
+            ),
+            format!(
+                "discovery.identity_secret_file: {}: shorter than 16 characters",
+                short.0.display()
+            ),
+        ),
+        (
+            format!(
+                "discovery: {{subnets: [127.77.0.0/24], identity_secret_file: '{}'}}",
+                missing.display()
+            ),
+            format!(
+                "discovery.identity_secret_file: cannot read {}: ",
+                missing.display()
+            ),
+        ),
+        (
+            format!(
+                "discovery: {{subnets: [127.77.0.0/24], identity_secret_file: '{}'}}",
+                binary.0.display()
+            ),
+            format!(
+                "discovery.identity_secret_file: cannot read {}: ",
+                binary.0.display()
+            ),
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24], identity_secret_file: ''}".into(),
+            "discovery.identity_secret_file: empty; expected the path".into(),
+        ),
+    ];
+    for (yaml, expected) in &cases {
+        let got = problems(yaml);
+        assert!(
+            got.iter().any(|p| p.starts_with(expected.as_str())),
+            "for {yaml:?} expected a problem starting {expected:?}, got {got:?}"
+        );
+        assert!(
+            !got.iter().any(|p| p.contains("short-secret")),
+            "a problem shows the secret: {got:?}"
+        );
+    }
+}
+
 #[test]
 fn all_problems_are_reported_at_once() {
     let got = problems("discovery: {subnets: [127.77.0.0/24], port: 0, rise: 0, fall: 0}");

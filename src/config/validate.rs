@@ -40,6 +40,8 @@ struct RawDiscovery {
     fall: Option<i64>,
     concurrency: Option<i64>,
     allow_routed: Option<bool>,
+    identity_secret: Option<String>,
+    identity_secret_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -198,6 +200,7 @@ impl<'a> Validator<'a> {
             1,
             65536,
         );
+        let identity_secret = self.identity_secret(raw.identity_secret, raw.identity_secret_file);
         Some(Discovery {
             subnets: subnets?,
             exclude: exclude?,
@@ -212,7 +215,44 @@ impl<'a> Validator<'a> {
             fall: u32::try_from(fall?).ok()?,
             concurrency: usize::try_from(concurrency?).ok()?,
             allow_routed: raw.allow_routed.unwrap_or(false),
+            identity_secret: identity_secret?,
         })
+    }
+
+    /// The secret inline or from a file (read now, so a missing file stops the balancer from
+    /// starting rather than every backend from joining). Not both: which one wins would be a
+    /// surprise either way. Outer `None`: invalid; `Some(None)`: not set.
+    fn identity_secret(
+        &mut self,
+        inline: Option<String>,
+        file: Option<String>,
+    ) -> Option<Option<Secret>> {
+        const KEY: &str = "discovery.identity_secret";
+        const FILE_KEY: &str = "discovery.identity_secret_file";
+        let result = match (inline, file) {
+            (None, None) => return Some(None),
+            (Some(_), Some(_)) => Err((
+                FILE_KEY,
+                format!("set together with {KEY}; expected one of them, not both"),
+            )),
+            (Some(text), None) => crate::identity::secret(&text)
+                .map(str::to_string)
+                .map_err(|e| (KEY, e)),
+            (None, Some(path)) if path.is_empty() => Err((
+                FILE_KEY,
+                "empty; expected the path of a file holding the secret".to_string(),
+            )),
+            (None, Some(path)) => {
+                crate::identity::read_secret(std::path::Path::new(&path)).map_err(|e| (FILE_KEY, e))
+            }
+        };
+        match result {
+            Ok(secret) => Some(Some(Secret(secret))),
+            Err((key, message)) => {
+                self.problem(key, message);
+                None
+            }
+        }
     }
 
     fn cidrs(&mut self, key: &str, list: &[String], strict: bool) -> Option<Vec<IpNet>> {

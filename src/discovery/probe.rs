@@ -1,5 +1,5 @@
 //! One health check: a fresh connection to one address, `GET health_path`, judged by status,
-//! body and identity. It knows nothing of members or rounds; the scheduler decides what a
+//! identity proof (with `identity_secret`) and body. It knows nothing of members or rounds; the scheduler decides what a
 //! result means.
 
 use std::fmt;
@@ -11,6 +11,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::config::{Discovery, PROBE_BODY_LIMIT};
+use crate::identity::{self, NONCE_HEADER, PROOF_HEADER};
 
 /// Sent with every probe. A sweeplb that receives it answers for itself instead of forwarding,
 /// with [`BALANCER_HEADER`], so that balancers never add each other (or themselves) as backends.
@@ -46,6 +47,13 @@ pub(crate) enum Failure {
     Http(String),
     /// The address is a sweeplb balancer (possibly this one), not a backend.
     Balancer,
+    /// `identity_secret` is set and the answer carries no proof.
+    ProofMissing,
+    /// `identity_secret` is set and the answer's proof is not the one for this probe's nonce
+    /// and address: another secret, a replayed answer, or a proof made for another address.
+    ProofWrong,
+    /// The operating system gave no randomness for a nonce; nothing was sent.
+    NoNonce(String),
 }
 
 impl fmt::Display for Failure {
@@ -58,6 +66,9 @@ impl fmt::Display for Failure {
             Failure::BodyMismatch => f.write_str("body mismatch"),
             Failure::Http(e) => write!(f, "bad response: {e}"),
             Failure::Balancer => f.write_str("a sweeplb balancer, not a backend"),
+            Failure::ProofMissing => f.write_str("identity proof missing"),
+            Failure::ProofWrong => f.write_str("identity proof wrong"),
+            Failure::NoNonce(e) => write!(f, "no random nonce for the identity proof: {e}"),
         }
     }
 }
@@ -71,6 +82,11 @@ pub(crate) async fn probe(addr: SocketAddr, d: &Discovery) -> Result<Answer, Fai
 }
 
 async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> {
+    // Drawn before connecting, so a probe that cannot be verified is never sent.
+    let nonce = match &d.identity_secret {
+        Some(_) => Some(identity::nonce().map_err(|e| Failure::NoNonce(e.to_string()))?),
+        None => None,
+    };
     let stream = TcpStream::connect(addr).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::ConnectionRefused => Failure::Refused,
         _ => Failure::Unreachable(e.to_string()),
@@ -79,11 +95,15 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> 
     let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| Failure::Http(e.to_string()))?;
-    let req = http::Request::get(d.health_path.as_str())
+    let mut req = http::Request::get(d.health_path.as_str())
         .header(http::header::HOST, addr.to_string())
         .header(http::header::USER_AGENT, USER_AGENT)
         .header(http::header::CONNECTION, "close")
-        .header(PROBE_HEADER, "1")
+        .header(PROBE_HEADER, "1");
+    if let Some(nonce) = &nonce {
+        req = req.header(NONCE_HEADER, nonce.as_str());
+    }
+    let req = req
         .body(Empty::<Bytes>::new())
         .map_err(|e| Failure::Http(e.to_string()))?;
     let exchange = async move {
@@ -106,6 +126,12 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> 
         let status = resp.status().as_u16();
         if !d.expect_status.contains(&status) {
             return Err(Failure::Status(status));
+        }
+        if let (Some(secret), Some(nonce)) = (&d.identity_secret, &nonce) {
+            let proof = headers.get(PROOF_HEADER).ok_or(Failure::ProofMissing)?;
+            if !identity::verify(secret.0.as_bytes(), nonce, addr, proof.as_bytes()) {
+                return Err(Failure::ProofWrong);
+            }
         }
         let Some(expected) = &d.expect_body else {
             return Ok(answer);

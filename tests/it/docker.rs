@@ -21,7 +21,7 @@ use futures::FutureExt as _;
 
 use crate::support::docker::{
     Cleanup, Compose, Lab, build_images, container_ip, docker, engine_available, finished_at,
-    free_port, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
+    free_port, identity_secret, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
 };
 use crate::support::{Page, User, chain, client, eventually, round, visit};
 
@@ -104,6 +104,7 @@ async fn compose_lab(tag: &str) {
         project: format!("sweeplb-e2e-{}", std::process::id()),
         tag: tag.to_string(),
         publish: format!("127.0.0.1:{port}"),
+        secret: identity_secret(&mut cleanup, "compose"),
     };
     cleanup.push("docker-compose down", {
         let mut down = lab.command(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);
@@ -137,11 +138,17 @@ async fn compose_lab(tag: &str) {
         "never",
         "--network",
         &network,
+        "--volume",
+        &format!("{}:/run/secrets/sweeplb-identity:ro", lab.secret.display()),
         &format!("sweeplb:{tag}"),
         "check",
     ]));
     assert!(
         check.contains(&format!("sweep           {LAB_SUBNET}")),
+        "{check}"
+    );
+    assert!(
+        check.contains("identity        a proof of the identity secret"),
         "{check}"
     );
 
@@ -154,7 +161,9 @@ async fn compose_lab(tag: &str) {
     );
 
     // Not webapps, on the same network: one answers /health as another app, one listens on
-    // another port. Both do answer, so that they are kept out is the config's doing.
+    // another port, one is the webapp itself without the identity secret (its health body has
+    // the expect_body token: issue 9, finding 8). All do answer, so that they are kept out is
+    // the config's doing.
     let webapp_image = format!("sweeplb-webapp:{tag}");
     let impostors_since = Instant::now();
     for (name, args) in [
@@ -165,6 +174,10 @@ async fn compose_lab(tag: &str) {
         (
             "other-port",
             ["--listen", "0.0.0.0:3001", "--app", "sweeplb-webapp"],
+        ),
+        (
+            "no-secret",
+            ["--listen", "0.0.0.0:3000", "--app", "sweeplb-webapp"],
         ),
     ] {
         let name = format!("{}-{name}", lab.project);
@@ -658,7 +671,11 @@ async fn swarm_stack(tag: &str) {
     .arg(repo().join("docker/stack.yaml"))
     .arg(&stack)
     .env("SWEEPLB_TAG", tag)
-    .env("SWEEPLB_PORT", port.to_string()));
+    .env("SWEEPLB_PORT", port.to_string())
+    .env(
+        "SWEEPLB_IDENTITY_SECRET_FILE",
+        identity_secret(&mut cleanup, "stack"),
+    ));
 
     let service = |name: &str| format!("label=com.docker.swarm.service.name={stack}_{name}");
     let running = |name: &str| -> Vec<String> {

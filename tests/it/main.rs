@@ -5,6 +5,7 @@ mod discovery;
 mod docker;
 mod faults;
 mod forwarding;
+mod identity;
 mod lifecycle;
 mod retry;
 mod sessions;

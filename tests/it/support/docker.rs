@@ -195,11 +195,36 @@ pub fn build_images(cleanup: &mut Cleanup, tag: &str) -> Duration {
     t.elapsed()
 }
 
-/// One project of docker/compose.yaml, under a name and an image tag of this run's own.
+/// A random identity secret of this run's own, in a file the containers (uid 65534) can read,
+/// removed afterwards; for `SWEEPLB_IDENTITY_SECRET_FILE`, so the run never touches
+/// docker/identity.secret.
+pub fn identity_secret(cleanup: &mut Cleanup, name: &str) -> PathBuf {
+    let path =
+        std::env::temp_dir().join(format!("sweeplb-e2e-{}-{name}.secret", std::process::id()));
+    let secret = format!("{:032x}{:032x}\n", fastrand::u128(..), fastrand::u128(..));
+    std::fs::write(&path, secret).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        std::fs::set_permissions(&path, mode)
+            .unwrap_or_else(|e| panic!("chmod {}: {e}", path.display()));
+    }
+    cleanup.push("rm the identity secret", {
+        let path = path.clone();
+        move || {
+            let _ = std::fs::remove_file(&path);
+        }
+    });
+    path
+}
+
+/// One project of docker/compose.yaml, under a name, an image tag and an identity secret of
+/// this run's own.
 pub struct Compose {
     pub project: String,
     pub tag: String,
     pub publish: String,
+    pub secret: PathBuf,
 }
 
 impl Compose {
@@ -210,7 +235,8 @@ impl Compose {
             .args(["--project-name", &self.project])
             .args(args)
             .env("SWEEPLB_TAG", &self.tag)
-            .env("SWEEPLB_PUBLISH", &self.publish);
+            .env("SWEEPLB_PUBLISH", &self.publish)
+            .env("SWEEPLB_IDENTITY_SECRET_FILE", &self.secret);
         c
     }
 
