@@ -110,7 +110,11 @@ impl Sticky {
                     Some(c) => {
                         let hash = balancer::key_hash(c.key.as_bytes());
                         let found = c.pin.map(|p| (r.lookup(p.pin), p.at));
-                        let age = found.map_or(Duration::ZERO, |(_, at)| age(at));
+                        // The clock is read only when a pin's age can matter.
+                        let age = match (found, self.balance.repin_after) {
+                            (Some((_, at)), Some(_)) => age(at),
+                            _ => Duration::ZERO,
+                        };
                         let route = pin::decide(found.map(|f| f.0), age, self.balance.repin_after);
                         (hash, route, Some(c.key.to_string()), true)
                     }
