@@ -49,6 +49,8 @@ pub mod config;
 pub mod demo;
 mod discovery;
 mod front;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 mod host;
 mod identity;
 mod message;

@@ -11,6 +11,8 @@
 
 mod body;
 mod error;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing;
 mod headers;
 mod retry;
 mod sessions;

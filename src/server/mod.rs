@@ -8,6 +8,8 @@
 //! cross-core wake-ups, no shared locks on the hot path.
 
 mod drain;
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod fuzzing;
 mod head_deadline;
 mod write_deadline;
 
