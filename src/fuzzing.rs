@@ -175,9 +175,6 @@ mod tests {
     /// The inputs the fuzzer found a failure with, kept under `fuzz/artifacts/` until it is
     /// fixed; then this test passes, and the files move to the corpus.
     #[test]
-    #[ignore = "fuzz/artifacts/config: accepted durations that overflow at start-up or on a \
-                request (a check_interval of 300000000000y panics in sweeplb::run); the bound \
-                belongs in config validation"]
     fn every_artifact_replays_without_panic() {
         let failures = replay("artifacts");
         assert!(failures.is_empty(), "{}", failures.join("\n"));

@@ -28,8 +28,9 @@ pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> 
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
         .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v.trim_matches('"'))
+        .map(|(_, v)| v)
 }
 
 #[cfg(test)]
@@ -46,5 +47,11 @@ mod tests {
         assert_eq!(cookie(&h, "sweep"), None);
         h.insert(header::COOKIE, HeaderValue::from_static("sweeplb="));
         assert_eq!(cookie(&h, "sweeplb"), None);
+        // An empty quoted value is none either: a later one of the same name counts.
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("sweeplb=\"\"; sweeplb=abc"),
+        );
+        assert_eq!(cookie(&h, "sweeplb"), Some("abc"));
     }
 }

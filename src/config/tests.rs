@@ -143,6 +143,14 @@ fn each_invalid_value_names_its_key() {
         ),
         ("listen: \"open\ndiscovery: {}\n", "config: "),
         (
+            "discovery: {subnets: [127.77.0.0/24], check_interval: 300000000000y}",
+            "discovery.check_interval: \"300000000000y\" is too long; expected at most 3650 days",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\ntimeouts: {body: 11y}",
+            "timeouts.body: \"11y\" is too long",
+        ),
+        (
             "discovery: {subnets: [127.77.0.0/24]}\nbalance: {cookie_max_age: soon}",
             "balance.cookie_max_age: \"soon\" is not a duration",
         ),

@@ -94,6 +94,9 @@ enum Size {
 /// so a larger cap would not be the one that applies; below 1 KiB ordinary requests fail.
 const REQUEST_HEAD_RANGE: RangeInclusive<i64> = 1024..=256 * 1024;
 
+/// The longest duration any key accepts.
+const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
+
 /// Collects every problem while it validates, so all are reported at once.
 pub(super) struct Validator<'a> {
     pub(super) problems: Vec<Problem>,
@@ -350,6 +353,15 @@ impl<'a> Validator<'a> {
                 self.problem(
                     key,
                     "0 is not allowed; expected a positive duration like 500ms or 2s",
+                );
+                None
+            }
+            // Deadlines are added to clocks and multiplied by counts: a bound keeps every sum
+            // and product far from overflowing, and no timeout needs more.
+            Ok(d) if d > MAX_DURATION => {
+                self.problem(
+                    key,
+                    format!("{text:?} is too long; expected at most 3650 days (10 years)"),
                 );
                 None
             }

@@ -63,6 +63,21 @@ impl AsyncRead for Script {
 /// one, 6 makes the connection a tunnel, 7 reads once from a socket that is pending
 /// (`arg` 0), at its end (1) or failing (2 and up).
 pub(crate) fn head(data: &[u8]) {
+    thread_local! {
+        // The watcher arms a timer when a head stops arriving: timers need a runtime's clock,
+        // though nothing here ever waits on one.
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime with a timer builds");
+    }
+    RUNTIME.with(|rt| {
+        let _clock = rt.enter();
+        drive(data);
+    });
+}
+
+fn drive(data: &[u8]) {
     let (limit, endless) = match data.first().map_or(0, |b| b % 4) {
         0 => (Duration::ZERO, false),
         1 => (Duration::from_millis(1), false),
