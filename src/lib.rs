@@ -9,13 +9,17 @@
 //!   member checks; `probe.rs` is one health check, `health.rs` the rise/fall hysteresis,
 //!   `targets.rs` the address walk and the balancer's own addresses (never probed).
 //! - `pool`: the immutable `Snapshot` the prober publishes through a `watch` channel.
-//! - [`balancer`]: the consistent-hash ring; pure, synchronous, no I/O.
+//! - [`balancer`]: the consistent-hash ring and the pinning cookie (`balancer/pin.rs`): the
+//!   ring picks a user's first backend, the pin keeps them there; pure, synchronous, no I/O.
 //! - `proxy`: forwarding. `proxy/mod.rs` picks the backend and sends; `retry.rs` is the retry
 //!   rule as a table, `error.rs` maps failures to 502/503/504/408 (the empty-pool 503 too),
 //!   `headers.rs` the `Host` rule, the hop-by-hop and `X-Forwarded-*` rules, `upstream.rs` keep-alive
-//!   connections to backends, `body.rs` streamed bodies with their stall deadline.
+//!   connections to backends, `body.rs` streamed bodies with their stall deadline,
+//!   `sticky.rs` the key, the pin resolved against the pool and the cookie a response sets,
+//!   `sessions.rs` the session table (active sessions, moves counted once).
 //! - `server`: connection plumbing for any service: accepting, worker threads, the request-head
-//!   deadline (`head_deadline.rs`) and size cap, draining at shutdown (`drain.rs`).
+//!   deadline (`head_deadline.rs`) and size cap, the write deadline for clients that stop
+//!   reading (`write_deadline.rs`), draining at shutdown (`drain.rs`).
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
 //! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
