@@ -236,6 +236,13 @@ fn rows() -> Vec<Row> {
             "hello",
         ))
     };
+    let fwd_length = || {
+        got(fwd(
+            "POST /s HTTP/1.1",
+            &["host: x", "content-length: 5"],
+            "hello",
+        ))
+    };
     let big = |n: usize| {
         format!(
             "GET /big HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
@@ -255,11 +262,7 @@ fn rows() -> Vec<Row> {
             &post("Content-Length: 5\r\n", "hello"),
             200,
             false,
-            got(fwd(
-                "POST /s HTTP/1.1",
-                &["host: x", "content-length: 5"],
-                "hello",
-            )),
+            fwd_length(),
         ),
         row(
             "a chunked body, with a chunk extension (dropped)",
@@ -365,11 +368,7 @@ fn rows() -> Vec<Row> {
             &post("Content-Length: 5\r\nContent-Length: 5\r\n", "hello"),
             200,
             false,
-            got(fwd(
-                "POST /s HTTP/1.1",
-                &["host: x", "content-length: 5"],
-                "hello",
-            )),
+            fwd_length(),
         ),
         // §6.3: differing lengths are unrecoverable: 400 and close.
         row(
@@ -498,11 +497,7 @@ fn rows() -> Vec<Row> {
             ),
             200,
             false,
-            got(fwd(
-                "POST /s HTTP/1.1",
-                &["host: x", "content-length: 5"],
-                "hello",
-            )),
+            fwd_length(),
         ),
         // limits.max_request_head, 16 KiB by default: 431, and nothing forwarded. The head is
         // sent whole and small enough to be read whole, so the 431 is not lost to a reset.
