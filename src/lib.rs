@@ -22,7 +22,8 @@
 //!   reading (`write_deadline.rs`), draining at shutdown (`drain.rs`).
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
-//! - `admin`: `/_lb/health` and `/_lb/live`, read-only over the snapshot.
+//! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`), read-only over the
+//!   snapshot and the proxy's counters.
 //! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
 //!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):

@@ -49,6 +49,8 @@ pub struct Config {
     pub(crate) balance: Balance,
     pub(crate) timeouts: Timeouts,
     pub(crate) limits: Limits,
+    pub(crate) admin: Admin,
+    pub(crate) log: Log,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,40 @@ pub struct Timeouts {
 pub struct Limits {
     /// The largest request head, in bytes: a larger one is answered 431.
     pub max_request_head: usize,
+}
+
+/// Who reaches the `/_lb/*` endpoints, and where.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Admin {
+    /// Serve `/_lb/*` on this address instead of the public listener (which then answers
+    /// nothing under `/_lb/` but `/_lb/live`). `None`: on the public listener.
+    pub listen: Option<SocketAddr>,
+    /// Clients allowed on every admin path but `/_lb/live`; others get 403. The default is
+    /// everyone (`0.0.0.0/0` and `::/0`).
+    pub allow: Vec<IpNet>,
+    /// How long `/_lb/metrics` keeps exporting a backend after it left, so that a scrape sees
+    /// its last counts; then its series go, and containers coming and going for days do not
+    /// grow the exposition.
+    pub keep_departed: Duration,
+}
+
+/// What the balancer logs, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Log {
+    pub format: LogFormat,
+    /// One line per request (target `sweeplb::access`, level info).
+    pub access: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable, one event per line.
+    Text,
+    /// One JSON object per line, with stable field names.
+    Json,
 }
 
 /// One line per problem, each naming the key and what is accepted.
@@ -253,6 +289,14 @@ impl Config {
 
     pub fn discovery(&self) -> &Discovery {
         &self.discovery
+    }
+
+    pub fn admin(&self) -> &Admin {
+        &self.admin
+    }
+
+    pub fn log(&self) -> Log {
+        self.log
     }
 
     /// The number of addresses the sweep walks (before exclusions).

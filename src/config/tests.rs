@@ -482,3 +482,61 @@ fn a_config_file_is_read_up_to_its_cap() {
     load(&just_fits).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn admin_and_log_defaults_serve_everyone_on_the_public_listener_in_text() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.admin.listen, None);
+    let everyone: Vec<IpNet> = vec!["0.0.0.0/0".parse().unwrap(), "::/0".parse().unwrap()];
+    assert_eq!(c.admin.allow, everyone);
+    assert_eq!(c.admin.keep_departed, Duration::from_secs(600));
+    assert_eq!(c.log.format, LogFormat::Text);
+    assert!(!c.log.access);
+    let c = parse(
+        "discovery: {subnets: [127.77.0.0/24]}\n\
+         admin: {listen: 127.0.0.1:9090, allow: [127.0.0.1, 10.0.0.0/8], keep_departed: 30s}\n\
+         log: {format: json, access: true}",
+    )
+    .unwrap();
+    assert_eq!(c.admin.listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(c.admin.allow.len(), 2);
+    assert_eq!(c.admin.allow[0], "127.0.0.1/32".parse::<IpNet>().unwrap());
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert!(c.log.access);
+}
+
+#[test]
+fn admin_and_log_refusals_name_their_keys() {
+    for (yaml, expected) in [
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nadmin: {listen: nowhere}",
+            "admin.listen: \"nowhere\" is not an address",
+        ),
+        (
+            "listen: 127.0.0.1:8080\ndiscovery: {subnets: [127.77.0.0/24]}\nadmin: {listen: 127.0.0.1:8080}",
+            "admin.listen: 127.0.0.1:8080 is the public listen address",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nadmin: {allow: [everyone]}",
+            "admin.allow: \"everyone\" is not a CIDR",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nadmin: {keep_departed: 0s}",
+            "admin.keep_departed: 0 is not allowed",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlog: {format: xml}",
+            "log.format: \"xml\" is not a log format; expected text or json",
+        ),
+        (
+            "discovery: {subnets: [127.77.0.0/24]}\nlog: {acess: true}",
+            "log: unknown field `acess`",
+        ),
+    ] {
+        let found = problems(yaml);
+        assert!(
+            found.iter().any(|p| p.starts_with(expected)),
+            "{yaml}: expected {expected:?}, got {found:?}"
+        );
+    }
+}

@@ -10,8 +10,8 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Balance, Config, Discovery, Key, Limits, MAX_ADDRESSES, MAX_REQUEST_HEAD, PROBE_BODY_LIMIT,
-    Problem, Secret, Timeouts, host_count,
+    Admin, Balance, Config, Discovery, Key, Limits, Log, LogFormat, MAX_ADDRESSES,
+    MAX_REQUEST_HEAD, PROBE_BODY_LIMIT, Problem, Secret, Timeouts, host_count,
 };
 
 #[derive(Debug, Default, Deserialize)]
@@ -22,6 +22,23 @@ pub(super) struct Raw {
     balance: RawBalance,
     timeouts: RawTimeouts,
     limits: RawLimits,
+    admin: RawAdmin,
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: Option<String>,
+    allow: Option<Vec<String>>,
+    keep_departed: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: Option<String>,
+    access: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,27 +142,35 @@ impl<'a> Validator<'a> {
         let balance = self.balance(raw.balance);
         let timeouts = self.timeouts(raw.timeouts);
         let limits = self.limits(raw.limits);
+        let admin = self.admin(raw.admin);
+        let log = self.log(raw.log);
         let config = Config {
             listen: listen?,
             discovery: discovery?,
             balance: balance?,
             timeouts: timeouts?,
             limits: limits?,
+            admin: admin?,
+            log: log?,
         };
         self.cross_checks(&config);
         Some(config)
     }
 
     fn listen(&mut self, text: &str) -> Option<SocketAddr> {
+        self.address("listen", text)
+    }
+
+    fn address(&mut self, key: &str, text: &str) -> Option<SocketAddr> {
         match text.parse::<SocketAddr>() {
             Ok(a) if a.port() != 0 => Some(a),
             Ok(_) => {
-                self.problem("listen", "port 0 is not a listening port; expected 1-65535");
+                self.problem(key, "port 0 is not a listening port; expected 1-65535");
                 None
             }
             Err(_) => {
                 self.problem(
-                    "listen",
+                    key,
                     format!("{text:?} is not an address; expected IP:PORT like 0.0.0.0:8080"),
                 );
                 None
@@ -529,7 +554,57 @@ impl<'a> Validator<'a> {
         })
     }
 
+    fn admin(&mut self, raw: RawAdmin) -> Option<Admin> {
+        // Outer `None`: invalid; `Some(None)`: not set.
+        let listen = match raw.listen {
+            None => Some(None),
+            Some(text) => self.address("admin.listen", &text).map(Some),
+        };
+        let allow = match raw.allow {
+            // Everyone: 0.0.0.0/0 and ::/0.
+            None => Some(vec![
+                IpNet::V4(ipnet::Ipv4Net::default()),
+                IpNet::V6(ipnet::Ipv6Net::default()),
+            ]),
+            Some(list) => self.cidrs("admin.allow", &list, false),
+        };
+        let keep_departed = self.duration("admin.keep_departed", raw.keep_departed, "10m");
+        Some(Admin {
+            listen: listen?,
+            allow: allow?,
+            keep_departed: keep_departed?,
+        })
+    }
+
+    fn log(&mut self, raw: RawLog) -> Option<Log> {
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => Some(LogFormat::Text),
+            "json" => Some(LogFormat::Json),
+            other => {
+                self.problem(
+                    "log.format",
+                    format!("{other:?} is not a log format; expected text or json"),
+                );
+                None
+            }
+        };
+        Some(Log {
+            format: format?,
+            access: raw.access.unwrap_or(false),
+        })
+    }
+
     fn cross_checks(&mut self, c: &Config) {
+        if c.admin.listen == Some(c.listen) {
+            self.problem(
+                "admin.listen",
+                format!(
+                    "{} is the public listen address; expected another address, or admin.listen \
+                     removed to serve /_lb/* on the public listener",
+                    c.listen
+                ),
+            );
+        }
         let d = &c.discovery;
         if d.timeout >= d.check_interval {
             self.problem(

@@ -1,10 +1,10 @@
-//! The `/_lb/*` endpoints, answered by the balancer itself and never forwarded. They only read
-//! the pool snapshot.
+//! `/_lb/health`: every member with its state and counters, the recent departures, the last
+//! sweep, the upstream connections and the sessions moved.
 
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{Method, Request, Response, StatusCode, header};
+use http::{Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
@@ -81,35 +81,12 @@ fn ms(d: std::time::Duration) -> f64 {
     (d.as_secs_f64() * 1e6).round() / 1e3
 }
 
-/// Answers a request for `/_lb` or below.
-pub(crate) fn respond<B>(
-    req: &Request<B>,
-    snapshot: &Snapshot,
+/// `/_lb/health`: the pool as JSON; 503 while no backend takes new users.
+pub(super) fn health(
+    s: &Snapshot,
     upstream: &UpstreamStats,
     sticky: &StickyStats,
 ) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
-        let mut resp = json(
-            StatusCode::METHOD_NOT_ALLOWED,
-            r#"{"error":"only GET and HEAD"}"#.to_string(),
-        );
-        resp.headers_mut()
-            .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
-        return resp;
-    }
-    match req.uri().path() {
-        "/_lb/health" => health(snapshot, upstream, sticky),
-        // Liveness for container health checks: answers while the process serves requests,
-        // whatever the pool holds.
-        "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
-        _ => json(
-            StatusCode::NOT_FOUND,
-            r#"{"error":"unknown endpoint; try /_lb/health or /_lb/live"}"#.to_string(),
-        ),
-    }
-}
-
-fn health(s: &Snapshot, upstream: &UpstreamStats, sticky: &StickyStats) -> Response<Full<Bytes>> {
     let healthy = s.healthy();
     let view = HealthView {
         status: if healthy > 0 {
