@@ -141,11 +141,12 @@ function render(h, at, now) {
     : [["Sweep", "none yet"]]);
 
   const u = h.upstream || {};
-  const moved = Object.entries(h.sessions_moved || {});
+  const moved = Object.entries(h.sessions_moved || {}).filter(([, v]) => typeof v === "number");
   facts("counters", [
     ["Upstream connects", u.connects], ["Reused", u.reused], ["Idle", u.idle],
     ["Unexpected bytes", u.unexpected],
-    ["Sessions moved", moved.length ? moved.map(([k, v]) => k + ": " + v).join(", ") : "0"],
+    ["Sessions moved", moved.reduce((n, [, v]) => n + v, 0) +
+      moved.filter(([, v]) => v > 0).map(([k, v]) => ", " + k + ": " + v).join("")],
     ["Diverted by bounded load", h.bounded_load_diverted],
   ]);
 
