@@ -206,6 +206,7 @@ mod tests {
             let name = rest.split('=').next().unwrap_or("");
             rest.contains('=') && name.chars().all(|c| c.is_ascii_lowercase())
         });
+        let handler = handler.map(|h| h.chars().take(40).collect::<String>());
         assert!(handler.is_none(), "inline event handler: on{handler:?}");
         let scripts: Vec<&str> = INDEX.split("<script").skip(1).collect();
         assert_eq!(scripts.len(), 1, "one script, the binary's own");
