@@ -397,8 +397,13 @@ async fn the_page_is_served_whole_and_head_is_get_without_body() {
 }
 
 /// Writes `docs/dashboard.png`, the README's picture: a few backends, some traffic, one
-/// departure. Run by hand (`cargo nextest run --run-ignored only -E 'test(/readme/)'`), then
-/// shrink it (`pngquant`, `optipng`).
+/// departure. Run by hand, then shrink it (Debian's pngquant and optipng):
+///
+/// ```text
+/// cargo nextest run --run-ignored only -E 'test(/readme_screenshot/)'
+/// pngquant --force --quality 70-95 --output docs/dashboard.png docs/dashboard.png
+/// optipng -o5 -strip all docs/dashboard.png
+/// ```
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes docs/dashboard.png; run by hand"]
 async fn readme_screenshot() {
@@ -409,7 +414,7 @@ async fn readme_screenshot() {
         .collect();
     let addrs: Vec<SocketAddr> = backends.iter().map(|b| b.addr).collect();
     let lb = Balancer::found(&net.config("", ""), &addrs).await;
-    let Some(page) = Browser::start("readme", 1000, 640).await else {
+    let Some(page) = Browser::start("readme", 1000, 720).await else {
         return;
     };
     page.client()
@@ -423,7 +428,41 @@ async fn readme_screenshot() {
         addrs[..3].iter().map(|a| (*a, &["healthy"][..])).collect();
     wait_members(&page, &want).await;
     let load = traffic(&lb, 400);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    eventually(SHOWN_WITHIN, async || {
+        let rates = page
+            .eval(
+                "return [...document.querySelectorAll('#members tbody tr')]\
+                 .map(r => r.cells[4].textContent);",
+            )
+            .await;
+        let busy = rates.as_array().into_iter().flatten().filter(|r| {
+            r.as_str()
+                .and_then(|r| r.parse::<f64>().ok())
+                .is_some_and(|r| r > 0.0)
+        });
+        (busy.count() >= 2)
+            .then_some(())
+            .ok_or(format!("req/s shows {rates}"))
+    })
+    .await;
+    // The window grown to the page's height, so the picture has all of it.
+    let height = page
+        .eval("return Math.ceil(document.body.getBoundingClientRect().bottom + 32);")
+        .await
+        .as_u64()
+        .unwrap_or(720);
+    let (_, inner) = page.client().get_window_size().await.expect("window size");
+    let viewport = page
+        .eval("return window.innerHeight;")
+        .await
+        .as_u64()
+        .unwrap_or(inner);
+    let chrome = u32::try_from(inner.saturating_sub(viewport)).unwrap_or(0);
+    let height = u32::try_from(height).unwrap_or(720);
+    page.client()
+        .set_window_size(1000, height + chrome)
+        .await
+        .expect("resize the window");
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/dashboard.png");
     std::fs::create_dir_all(path.parent().expect("docs/")).expect("create docs/");
     page.screenshot(&path).await;

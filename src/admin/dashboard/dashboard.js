@@ -36,10 +36,13 @@ function ago(iso, now) {
   return Math.round(s / 3600) + " h ago";
 }
 
-function when(iso, now) {
+// A timestamp as "05:59:24 UTC (2 s ago)", or only "2 s ago" where space is short; the
+// full time is in the element's datetime and title either way.
+function when(iso, now, short) {
   const t = new Date(iso);
-  const text = Number.isNaN(t.getTime()) ? String(iso) : clock(t) + " (" + ago(iso, now) + ")";
-  return el("time", text, { datetime: String(iso) });
+  if (Number.isNaN(t.getTime())) return el("time", String(iso));
+  const text = short ? ago(iso, now) : clock(t) + " (" + ago(iso, now) + ")";
+  return el("time", text, { datetime: String(iso), title: t.toISOString() });
 }
 
 function rate(b, at) {
@@ -75,7 +78,7 @@ function members(h, at, now) {
       b.inflight,
       b.sessions,
       b.last_check_ms === null || b.last_check_ms === undefined ? "-" : b.last_check_ms,
-      when(b.since, now),
+      when(b.since, now, true),
       b.last_error || "",
     ]);
     tr.dataset.addr = b.addr;
