@@ -2,7 +2,9 @@
 //! the pool snapshot and the proxy's counters.
 //!
 //! - `health.rs`: `/_lb/health`, the pool as JSON.
+//! - `dashboard.rs`: `/_lb/`, the live page that draws `/_lb/health`, and its files.
 
+mod dashboard;
 mod health;
 
 use bytes::Bytes;
@@ -29,14 +31,18 @@ pub(crate) fn respond<B>(
             .insert(header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    match req.uri().path() {
+    let path = req.uri().path();
+    if let Some(page) = dashboard::page(path) {
+        return page;
+    }
+    match path {
         "/_lb/health" => health::health(snapshot, upstream, sticky),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
         _ => json(
             StatusCode::NOT_FOUND,
-            r#"{"error":"unknown endpoint; try /_lb/health or /_lb/live"}"#.to_string(),
+            r#"{"error":"unknown endpoint; try /_lb/, /_lb/health or /_lb/live"}"#.to_string(),
         ),
     }
 }

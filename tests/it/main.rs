@@ -1,6 +1,7 @@
 //! The one integration-test binary: fake backends on 127.77.N.x, the balancer run in-process,
 //! and one module per area.
 
+mod dashboard;
 mod discovery;
 mod docker;
 mod faults;
