@@ -2,7 +2,9 @@
 //! the pool snapshot and the proxy's counters.
 //!
 //! - `health.rs`: `/_lb/health`, the pool as JSON.
+//! - `access.rs`: who may read them (`admin.allow`), and the answers to those who may not.
 
+pub(crate) mod access;
 mod health;
 
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use http_body_util::Full;
 use crate::message::json;
 use crate::pool::Snapshot;
 use crate::proxy::{StickyStats, UpstreamStats};
+use crate::reload;
 
 /// Answers a request for `/_lb` or below.
 pub(crate) fn respond<B>(
@@ -19,6 +22,7 @@ pub(crate) fn respond<B>(
     snapshot: &Snapshot,
     upstream: &UpstreamStats,
     sticky: &StickyStats,
+    reloads: &reload::Counts,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
@@ -30,7 +34,7 @@ pub(crate) fn respond<B>(
         return resp;
     }
     match req.uri().path() {
-        "/_lb/health" => health::health(snapshot, upstream, sticky),
+        "/_lb/health" => health::health(snapshot, upstream, sticky, reloads),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
