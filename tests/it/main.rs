@@ -1,12 +1,14 @@
 //! The one integration-test binary: fake backends on 127.77.N.x, the balancer run in-process,
 //! and one module per area.
 
+mod admin;
 mod discovery;
 mod docker;
 mod faults;
 mod forwarding;
 mod identity;
 mod lifecycle;
+mod reload;
 mod retry;
 mod sessions;
 mod smuggling;
