@@ -11,8 +11,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use tokio::io::AsyncWriteExt;
+
+use crate::admin::get_from;
 use crate::support::{
-    Balancer, Net, User, addrs, client, eventually, lab, pages, users, webapp, webapps,
+    Balancer, Net, Request, User, addrs, client, custom, eventually, lab, pages, read_response,
+    text, users, webapp, webapps,
 };
 
 /// A config file of this test process, named `name`.
@@ -162,6 +166,9 @@ async fn a_removed_range_loses_its_members_and_a_kept_one_keeps_their_standing()
         webapp(added.addr(10)),
     );
     let lb = Balancer::found(&with(&[&kept, &removed]), &[stays.addr, goes.addr]).await;
+    // `since` is shown to the second: a reload in a later second than the join tells a
+    // member that rose again from one that did not.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let before = lb.member(stays.addr).await;
     let user = User::new(&lb);
     let page = user.get().await.unwrap();
@@ -178,6 +185,16 @@ async fn a_removed_range_loses_its_members_and_a_kept_one_keeps_their_standing()
         .find(|d| d["addr"] == goes.addr.to_string())
         .unwrap_or_else(|| panic!("{} did not leave: {h}", goes.addr));
     assert_eq!(left["reason"], "range removed from config", "{left}");
+    let departed: Vec<&Value> = h["recently_left"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        departed.len(),
+        1,
+        "only the removed range's member left: {h}"
+    );
     let after = lb.member(stays.addr).await;
     assert_eq!(after["state"], "healthy", "{after}");
     assert_eq!(
@@ -241,6 +258,48 @@ async fn a_reload_that_would_move_every_user_or_rebind_is_refused_whole() {
         assert_eq!(page.views, 2, "a user lost their session");
     }
     assert_eq!(lb.moved_total().await, 0);
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_allow_timeouts_and_the_head_cap_change_with_a_reload() {
+    let net = Net::new(171);
+    let backend = custom(net.addr(10), |req: Request| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+        }
+        text(200, "ok")
+    });
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
+    let outside = net.ip(200);
+    let big = format!("x-big: {}", "a".repeat(4000));
+    let head = async |path: &str, extra: &str| -> u16 {
+        let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+        let req = format!("GET {path} HTTP/1.1\r\nHost: lb.test\r\n{extra}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let head = read_response(&mut s).await;
+        head[9..12].parse().unwrap_or_else(|_| panic!("{head}"))
+    };
+    // The defaults: everyone reads /_lb/health, a 4 KB head and a 1.5 s answer pass.
+    assert_eq!(get_from(outside, lb.addr, "/_lb/health").await.0, 200);
+    assert_eq!(head("/", &big).await, 200);
+    assert_eq!(head("/slow", "x-a: b").await, 200);
+
+    let narrow = net.config(
+        "",
+        "admin:\n  allow: [127.0.0.1/32]\ntimeouts:\n  response: 300ms\n\
+         limits:\n  max_request_head: 2048\n",
+    );
+    let outcome = lb.reload.apply(parse(&narrow)).await;
+    assert_eq!(outcome.result(), "ok", "{outcome:?}");
+    assert_eq!(get_from(outside, lb.addr, "/_lb/health").await.0, 403);
+    assert_eq!(get_from(outside, lb.addr, "/_lb/live").await.0, 200);
+    assert_eq!(
+        head("/", &big).await,
+        431,
+        "the head cap of a new connection"
+    );
+    assert_eq!(head("/slow", "x-a: b").await, 504, "the response timeout");
     lb.stop().await;
 }
 

@@ -43,6 +43,16 @@ impl Balancer {
             reloads,
             shutdown.clone(),
         ));
+        if let Some(admin) = admin {
+            // `run` binds `admin.listen` itself, on its own task.
+            eventually(Duration::from_secs(5), async || {
+                tokio::net::TcpStream::connect(admin)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("admin.listen {admin}: {e}"))
+            })
+            .await;
+        }
         Balancer {
             addr,
             admin,
