@@ -23,7 +23,10 @@
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
 //! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`), read-only over the
-//!   snapshot and the proxy's counters.
+//!   snapshot and the proxy's counters; `admin/access.rs` the `admin.allow` rule. With
+//!   `admin.listen` they are served on a listener of their own (`front::AdminFront`).
+//! - [`reload`]: hot reload, a new config compared with the running one (`reload::diff`) and
+//!   handed to each component's live handle, or refused whole.
 //! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
 //!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
@@ -40,6 +43,8 @@
 //! - The ring is built on the write side when the routed set changes, never per request.
 //! - Placement hashes are seeded and stable, never `RandomState`: the same healthy set routes
 //!   the same way in every process, on every restart, on every replica.
+//! - A reload applies whole or not at all; it never rebinds a listener or re-keys a pin.
+//! - Nothing under `/_lb/` is ever forwarded.
 //! - The sweep never probes the balancer's own listening address, and never a range that is not
 //!   loopback or attached to the host unless `allow_routed` says so: a [`Config`] cannot exist
 //!   otherwise.
@@ -61,6 +66,7 @@ mod identity;
 mod message;
 mod pool;
 mod proxy;
+pub mod reload;
 mod server;
 pub mod webapp;
 
@@ -72,14 +78,32 @@ pub use config::Config;
 
 /// Runs the balancer on `listener` until `shutdown` is cancelled, then drains in-flight
 /// requests within `timeouts.shutdown`. The prober keeps the pool current while draining.
+/// With `admin.listen` set, the admin endpoints are served there (bound here).
 pub async fn run(
     config: Config,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    run_with_reload(config, listener, reload::channel().1, shutdown).await
+}
+
+/// [`run`], taking new configs from `reloads` while it runs (see [`reload`]).
+pub async fn run_with_reload(
+    config: Config,
+    listener: TcpListener,
+    reloads: reload::Reloads,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     let listen = listener.local_addr()?;
+    let admin_listener = match config.admin.listen {
+        Some(addr) => Some(TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(e.kind(), format!("admin.listen: cannot bind {addr}: {e}"))
+        })?),
+        None => None,
+    };
     let (writer, reader) = pool::new();
     let (reports, reports_rx) = pool::reports();
+    let (discovery_reloads, discovery_reloads_rx) = tokio::sync::mpsc::channel(4);
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
     let pins = balancer::PinKey::new(config.balance.pin_secret.as_ref().map(|s| s.0.as_str()));
@@ -89,36 +113,78 @@ pub async fn run(
         pins,
         writer,
         reports_rx,
+        discovery_reloads_rx,
         prober_stop.clone(),
     ));
-    let timeouts = config.timeouts;
-    let settings = server::Settings {
-        name: "sweeplb-worker",
-        idle: timeouts.idle,
-        header_read: timeouts.header_read,
-        shutdown: timeouts.shutdown,
-        write_stall: timeouts.body,
-        max_head: config.limits.max_request_head,
-    };
+    let timeouts = config.timeouts.clone();
+    let settings = server::LiveSettings::from(server_settings(&config));
     // The first sweep's finds have joined by then: a whole round, `rise` checks, a timeout.
     let d = &config.discovery;
     let settle_within = d.sweep_interval + d.check_interval * d.rise + d.timeout;
     let (proxy, workers) = proxy::Proxy::new(
         reader.clone(),
-        config.balance,
+        config.balance.clone(),
         timeouts,
         reports,
         workers(),
         settle_within,
     );
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
+    let admin = std::sync::Arc::new(front::Admin {
+        proxy: std::sync::Arc::clone(&proxy),
+        pool: reader.clone(),
+        settings: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config.admin.clone())),
+        reloads: reloads.counts(),
+    });
+    let live = reload::Live {
+        proxy: std::sync::Arc::clone(&proxy),
+        discovery: discovery_reloads,
+        server: std::sync::Arc::clone(&settings),
+        admin: std::sync::Arc::clone(&admin.settings),
+    };
+    tasks.spawn(reload::serve(
+        reloads,
+        config.clone(),
+        live,
+        prober_stop.clone(),
+    ));
+    if let Some(admin_listener) = admin_listener {
+        let at = admin_listener.local_addr()?;
+        tracing::info!(%at, "admin endpoints listening");
+        let admin_settings = server::Settings {
+            name: "sweeplb-admin",
+            ..server_settings(&config)
+        };
+        let service = vec![std::sync::Arc::new(front::AdminFront(
+            std::sync::Arc::clone(&admin),
+        ))];
+        tasks.spawn(server::serve(
+            admin_listener,
+            service,
+            admin_settings,
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(%listen, "listening");
-    let fronts = front::Front::per_worker(&proxy, workers, &reader);
+    let fronts = front::Front::per_worker(workers, &admin, config.admin.listen.is_some());
     server::serve(listener, fronts, settings, shutdown).await;
     prober_stop.cancel();
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// How the balancer's listener treats client connections under `config`.
+fn server_settings(config: &Config) -> server::Settings {
+    let timeouts = &config.timeouts;
+    server::Settings {
+        name: "sweeplb-worker",
+        idle: timeouts.idle,
+        header_read: timeouts.header_read,
+        shutdown: timeouts.shutdown,
+        write_stall: timeouts.body,
+        max_head: config.limits.max_request_head,
+    }
 }
 
 /// Worker threads a server runs: one per core.

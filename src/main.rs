@@ -20,6 +20,10 @@ struct Args {
     /// The config file to run with.
     #[arg(long, short, default_value = "config.yaml", global = true)]
     config: PathBuf,
+    /// Running: write the balancer's process id here (removed on exit), for `sweeplb reload`.
+    /// With `reload`: the file to read the process id from.
+    #[arg(long, value_name = "PATH", global = true)]
+    pid_file: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -28,6 +32,10 @@ struct Args {
 enum Command {
     /// Validate a config and print what it would sweep; exit 2 on errors.
     Check,
+    /// Ask a running balancer to reload its config: sends SIGHUP to the process in
+    /// `--pid-file`. In a scratch container, `docker kill --signal HUP <container>` does the
+    /// same. The outcome is in the balancer's log and in `/_lb/health` (`reloads`).
+    Reload,
     /// Start demo webapps on 127.77.0.10-14 and a balancer in front of them, and show it working.
     Demo,
     /// Run the demo webapp (the backend of the demo, the tests and the Docker stack).
@@ -68,6 +76,7 @@ fn main() -> ExitCode {
         .init();
     match args.command {
         Some(Command::Check) => check(&args.config),
+        Some(Command::Reload) => exit(signal_reload(args.pid_file.as_deref())),
         Some(Command::Probe { url, timeout }) => {
             exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
         }
@@ -86,7 +95,9 @@ fn main() -> ExitCode {
             Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
         },
         None => match sweeplb::config::load(&args.config) {
-            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(balance(config)))),
+            Ok(config) => exit(runtime().and_then(|rt| {
+                rt.block_on(balance(config, &args.config, args.pid_file.as_deref()))
+            })),
             Err(e) => config_error(&args.config, &e),
         },
     }
@@ -208,15 +219,98 @@ fn raise_fd_limit() {
     }
 }
 
-async fn balance(config: sweeplb::Config) -> anyhow::Result<()> {
+async fn balance(
+    config: sweeplb::Config,
+    path: &std::path::Path,
+    pid_file: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
     raise_fd_limit();
     let listener = TcpListener::bind(config.listen())
         .await
         .with_context(|| format!("listen: cannot bind {}", config.listen()))?;
     let shutdown = CancellationToken::new();
     on_signal(shutdown.clone());
-    sweeplb::run(config, listener, shutdown).await?;
+    let (reload, reloads) = sweeplb::reload::channel();
+    // Listening for SIGHUP before the pid file exists: a reload sent as soon as the file
+    // appears must not meet SIGHUP's default action, which ends the process.
+    on_hangup(reload, path.to_path_buf())?;
+    let pid_file = pid_file.map(PidFile::write).transpose()?;
+    let result = sweeplb::run_with_reload(config, listener, reloads, shutdown).await;
+    drop(pid_file);
+    result?;
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// SIGHUP reloads the config file at `path` with the rules of `check`: an invalid file is
+/// logged, problem by problem, and the running config stays.
+fn on_hangup(reload: sweeplb::reload::Reload, path: PathBuf) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
+            match reload.file(&path).await {
+                sweeplb::reload::Outcome::Applied { config, .. } => {
+                    // Log settings are applied where logging is set up; the lead wires it.
+                    tracing::debug!(log = ?config.log(), "reloaded log settings");
+                }
+                sweeplb::reload::Outcome::NotRunning => break,
+                _ => {}
+            }
+        }
+    });
+    Ok(())
+}
+
+/// The pid file of a running balancer, removed when it stops.
+struct PidFile(PathBuf);
+
+impl PidFile {
+    fn write(path: &std::path::Path) -> anyhow::Result<PidFile> {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("--pid-file: cannot write {}", path.display()))?;
+        Ok(PidFile(path.to_path_buf()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.0) {
+            tracing::warn!(path = %self.0.display(), error = %e, "cannot remove the pid file");
+        }
+    }
+}
+
+/// `sweeplb reload`: SIGHUP to the process named in `--pid-file`.
+fn signal_reload(pid_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let path = pid_file.context(
+        "--pid-file: required; expected the file the balancer was started with \
+         (sweeplb --pid-file PATH); in a container, docker kill --signal HUP <container>",
+    )?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--pid-file: cannot read {}", path.display()))?;
+    let pid: i32 = text
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .with_context(|| {
+            format!(
+                "--pid-file: {} holds {:?}; expected a process id",
+                path.display(),
+                text.trim()
+            )
+        })?;
+    kill(Pid::from_raw(pid), Signal::SIGHUP).with_context(|| {
+        format!(
+            "--pid-file: cannot signal process {pid} from {}: is the balancer running?",
+            path.display()
+        )
+    })?;
+    println!("sent SIGHUP to {pid}: the outcome is in its log and /_lb/health (reloads)");
     Ok(())
 }
 

@@ -122,7 +122,8 @@ mod tests {
                 .uri(path)
                 .body(())
                 .expect("a request");
-            super::super::respond(&req, &snapshot, &upstream, &sticky)
+            let reloads = crate::reload::Counts::default();
+            super::super::respond(&req, &snapshot, &upstream, &sticky, &reloads)
         };
         for method in [http::Method::GET, http::Method::HEAD] {
             for path in ["/_lb", "/_lb/"] {

@@ -1,5 +1,5 @@
 //! `/_lb/health`: every member with its state and counters, the recent departures, the last
-//! sweep, the upstream connections and the sessions moved.
+//! sweep, the upstream connections, the sessions moved and the config reloads.
 
 use std::time::SystemTime;
 
@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::message::json;
 use crate::pool::Snapshot;
 use crate::proxy::{StickyStats, UpstreamStats};
+use crate::reload;
 
 /// The document `/_lb/health` answers.
 #[derive(Serialize)]
@@ -25,6 +26,24 @@ struct HealthView<'a> {
     sessions_moved: std::collections::BTreeMap<&'static str, u64>,
     /// New users that bounded load sent past their first choice since start.
     bounded_load_diverted: u64,
+    /// Config reloads since start, by result, and the latest one.
+    reloads: ReloadsView,
+}
+
+#[derive(Serialize)]
+struct ReloadsView {
+    ok: u64,
+    invalid: u64,
+    refused: u64,
+    last: Option<LastReloadView>,
+}
+
+#[derive(Serialize)]
+struct LastReloadView {
+    at: String,
+    result: &'static str,
+    /// The keys that changed (`ok`), or every problem or reason it was not applied.
+    detail: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -86,8 +105,10 @@ pub(super) fn health(
     s: &Snapshot,
     upstream: &UpstreamStats,
     sticky: &StickyStats,
+    reloads: &reload::Counts,
 ) -> Response<Full<Bytes>> {
     let healthy = s.healthy();
+    let counted = reloads.counted();
     let view = HealthView {
         status: if healthy > 0 {
             "ok"
@@ -136,6 +157,16 @@ pub(super) fn health(
         },
         sessions_moved: sticky.moved.iter().copied().collect(),
         bounded_load_diverted: sticky.diverted,
+        reloads: ReloadsView {
+            ok: counted.ok,
+            invalid: counted.invalid,
+            refused: counted.refused,
+            last: reloads.last().map(|l| LastReloadView {
+                at: timestamp(l.at),
+                result: l.result,
+                detail: l.detail,
+            }),
+        },
     };
     let status = if healthy > 0 {
         StatusCode::OK

@@ -3,7 +3,9 @@
 //!
 //! - `health.rs`: `/_lb/health`, the pool as JSON.
 //! - `dashboard.rs`: `/_lb/`, the live page that draws `/_lb/health`, and its files.
+//! - `access.rs`: who may read them (`admin.allow`), and the answers to those who may not.
 
+pub(crate) mod access;
 mod dashboard;
 mod health;
 
@@ -14,6 +16,7 @@ use http_body_util::Full;
 use crate::message::json;
 use crate::pool::Snapshot;
 use crate::proxy::{StickyStats, UpstreamStats};
+use crate::reload;
 
 /// Answers a request for `/_lb` or below.
 pub(crate) fn respond<B>(
@@ -21,6 +24,7 @@ pub(crate) fn respond<B>(
     snapshot: &Snapshot,
     upstream: &UpstreamStats,
     sticky: &StickyStats,
+    reloads: &reload::Counts,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
@@ -36,7 +40,7 @@ pub(crate) fn respond<B>(
         return page;
     }
     match path {
-        "/_lb/health" => health::health(snapshot, upstream, sticky),
+        "/_lb/health" => health::health(snapshot, upstream, sticky, reloads),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),

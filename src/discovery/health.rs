@@ -53,6 +53,12 @@ pub(crate) enum Change {
 
 impl Health {
     /// A member starts with the one answer that found it.
+    /// A reload's thresholds: the state and the counts so far stay, the next observation is
+    /// weighed against the new ones.
+    pub(crate) fn set_thresholds(&mut self, rise: u32, fall: u32) {
+        (self.rise, self.fall) = (rise, fall);
+    }
+
     pub(crate) fn found(rise: u32, fall: u32, draining: bool) -> (Health, Change) {
         let mut h = Health {
             rise,

@@ -38,6 +38,9 @@ use health::{Change, Health, Seen};
 use probe::{Answer, Failure, probe};
 use targets::{Order, Targets, own_addresses};
 
+/// Why the members of a range a reload removed left.
+pub(crate) const RANGE_REMOVED: &str = "range removed from config";
+
 /// How many departures `/_lb/health` remembers.
 const RECENTLY_LEFT: usize = 16;
 
@@ -98,6 +101,8 @@ struct Round {
 struct Scheduler {
     /// Shared with every probe task; a /16 round spawns 65,534 of them.
     d: Arc<Discovery>,
+    /// The balancer's own address, never probed.
+    listen: SocketAddr,
     /// The configured ranges, addressed by position.
     targets: Targets,
     /// The walk over `targets`, fixed at start so each address is swept once per interval.
@@ -136,13 +141,15 @@ struct Scheduler {
     last_publish: Instant,
 }
 
-/// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed.
+/// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed;
+/// `reloads` brings the settings of a reloaded config.
 pub(crate) async fn run(
     d: Discovery,
     listen: SocketAddr,
     pins: PinKey,
     pool: pool::Writer,
     mut reports: mpsc::Receiver<Report>,
+    mut reloads: mpsc::Receiver<Discovery>,
     shutdown: CancellationToken,
 ) {
     let targets = Targets::new(&d.subnets);
@@ -153,6 +160,7 @@ pub(crate) async fn run(
         order: Order::random(targets.len()),
         targets,
         skip,
+        listen,
         members: BTreeMap::new(),
         recently_left: Vec::new(),
         departed: std::collections::VecDeque::new(),
@@ -203,6 +211,7 @@ pub(crate) async fn run(
                 }
             }
             Some(report) = reports.recv() => p.report(report),
+            Some(d) = reloads.recv() => p.reconfigure(d, Instant::now()),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
@@ -219,6 +228,58 @@ impl Scheduler {
         if !free.is_empty() {
             tokio::task::spawn_blocking(move || drop(free));
         }
+    }
+
+    /// A reloaded config's discovery settings, from now on. Members still inside the ranges
+    /// keep their state, counters and `since`; those outside (a range removed or excluded, the
+    /// port changed) leave, and their users move. A changed set of ranges starts a new sweep.
+    fn reconfigure(&mut self, d: Discovery, now: Instant) {
+        let targets = Targets::new(&d.subnets);
+        let mut skip = d.exclude.clone();
+        skip.extend(own_addresses(self.listen, d.port));
+        let outside: Vec<SocketAddr> = self
+            .members
+            .keys()
+            .filter(|a| {
+                a.port() != d.port
+                    || !targets.contains(a.ip())
+                    || skip.iter().any(|n| n.contains(&a.ip()))
+            })
+            .copied()
+            .collect();
+        for addr in outside {
+            self.apply(addr, Change::Left, Some(RANGE_REMOVED.to_string()));
+        }
+        for t in self.members.values_mut() {
+            t.health.set_thresholds(d.rise, d.fall);
+            t.due = t.due.min(now + d.check_interval);
+        }
+        if d.subnets != self.d.subnets || d.exclude != self.d.exclude || d.port != self.d.port {
+            // Probes of the old walk still in flight are counted off, never admitted (see
+            // `swept`); the new walk starts at once.
+            self.order = Order::random(targets.len());
+            self.round = None;
+            self.next_round = now;
+        } else {
+            self.next_round = self.next_round.min(now + d.sweep_interval);
+        }
+        self.targets = targets;
+        self.skip = skip;
+        self.d = Arc::new(d);
+        self.status_dirty = true;
+        info!(
+            addresses = self.targets.len(),
+            members = self.members.len(),
+            "prober reconfigured"
+        );
+    }
+
+    /// Whether `addr` is one the current settings sweep: a sweep probe launched before a
+    /// reload may come back for an address no longer in the ranges.
+    fn in_ranges(&self, addr: SocketAddr) -> bool {
+        addr.port() == self.d.port
+            && self.targets.contains(addr.ip())
+            && !self.skip.iter().any(|n| n.contains(&addr.ip()))
     }
 
     fn spawn(&mut self, probes: &mut JoinSet<Probed>, kind: Kind, addr: SocketAddr) {
@@ -366,7 +427,7 @@ impl Scheduler {
                 if let Some(round) = self.round.as_mut() {
                     round.found += 1;
                 }
-                if !self.members.contains_key(&addr) {
+                if !self.members.contains_key(&addr) && self.in_ranges(addr) {
                     let (health, change) = Health::found(self.d.rise, self.d.fall, answer.draining);
                     let t = Known {
                         backend: Arc::new(Backend::new(addr, answer.instance, &self.pins)),

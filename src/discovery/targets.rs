@@ -34,6 +34,18 @@ impl Targets {
         self.total
     }
 
+    /// Whether the walk reaches `ip` (a range's network and broadcast addresses it does not).
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
+        self.ranges.iter().any(|(net, first, count)| {
+            let n = match (net, ip) {
+                (IpNet::V4(_), IpAddr::V4(ip)) => u128::from(u32::from(ip)),
+                (IpNet::V6(_), IpAddr::V6(ip)) => u128::from(ip),
+                _ => return false,
+            };
+            n >= *first && n - first < u128::from(*count)
+        })
+    }
+
     pub(crate) fn get(&self, mut index: u64) -> Option<IpAddr> {
         for (net, first, count) in &self.ranges {
             if index < *count {
@@ -127,6 +139,12 @@ mod tests {
         let all: Vec<String> = (0..3).map(|i| t.get(i).unwrap().to_string()).collect();
         assert_eq!(all, ["127.77.0.1", "127.77.0.2", "127.78.0.9"]);
         assert_eq!(t.get(3), Option::None);
+        for ip in ["127.77.0.1", "127.77.0.2", "127.78.0.9"] {
+            assert!(t.contains(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["127.77.0.0", "127.77.0.3", "127.78.0.10", "::1"] {
+            assert!(!t.contains(ip.parse().unwrap()), "{ip}");
+        }
     }
 
     #[test]

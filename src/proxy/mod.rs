@@ -24,6 +24,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
@@ -55,7 +56,8 @@ pub(crate) type ResponseBody = Either<Returning, Full<Bytes>>;
 pub(crate) struct Proxy {
     pool: pool::Reader,
     sticky: Sticky,
-    timeouts: Timeouts,
+    /// Replaced whole by a reload; a request copies out what it needs (an atomic load).
+    timeouts: ArcSwap<Timeouts>,
     /// One list of idle upstream connections per worker, so a request and the connection it
     /// rides on stay on one thread and the lists are never contended.
     connections: Vec<Arc<Connections>>,
@@ -92,7 +94,7 @@ impl Proxy {
                 .collect(),
             pool,
             sticky: Sticky::new(balance),
-            timeouts,
+            timeouts: ArcSwap::from_pointee(timeouts),
             reports,
             settles_by: tokio::time::Instant::now() + settle_within,
         });
@@ -111,6 +113,16 @@ impl Proxy {
             })
             .collect();
         (proxy, workers)
+    }
+
+    /// A reload's balance settings and timeouts, for the requests and upstream connections
+    /// that start from now on; those under way keep what they started with.
+    pub(crate) fn reconfigure(&self, balance: Balance, timeouts: Timeouts) {
+        self.sticky.set_balance(balance);
+        for c in &self.connections {
+            c.set_timeouts(timeouts.connect, timeouts.idle);
+        }
+        self.timeouts.store(Arc::new(timeouts));
     }
 
     pub(crate) fn sticky_stats(&self) -> StickyStats {
@@ -181,16 +193,15 @@ type Replay = (Method, Uri, HeaderMap);
 
 impl Worker {
     /// Starts the worker's upkeep on its own runtime: idle upstream connections past
-    /// `timeouts.idle` are closed.
+    /// `timeouts.idle` are closed (every half of it, as it is after a reload).
     pub(crate) fn start(&self, shutdown: &CancellationToken) {
         let (connections, shutdown) = (Arc::clone(&self.connections), shutdown.clone());
-        let every = (self.proxy.timeouts.idle / 2).max(Duration::from_secs(1));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
             loop {
+                let every = (connections.idle_timeout() / 2).max(Duration::from_secs(1));
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
-                    _ = tick.tick() => connections.reap(),
+                    _ = tokio::time::sleep(every) => connections.reap(),
                 }
             }
         });
@@ -246,7 +257,7 @@ impl Worker {
                 parts.headers.clone(),
             )
         });
-        let body = Paced::from_client(body, self.proxy.timeouts.body);
+        let body = Paced::from_client(body, self.proxy.timeouts.load().body);
         let req = Request::from_parts(parts, Either::Left(body));
         let upgrade = upgrade.map(|(_, on)| on);
         let sent = self
@@ -297,7 +308,10 @@ impl Worker {
         let mut attempt = attempt;
         // What the client is told if no candidate answers.
         let mut last: Option<Error> = None;
-        let response_timeout = self.proxy.timeouts.response;
+        let (response_timeout, body_timeout) = {
+            let t = self.proxy.timeouts.load();
+            (t.response, t.body)
+        };
         'backends: for (tried, &index) in plan.candidates.as_slice().iter().enumerate() {
             let backend = &routing.backends[index];
             let addr = backend.addr;
@@ -336,7 +350,7 @@ impl Worker {
                     }
                     Waited::Response(Ok(resp)) => {
                         let (parts, body) = resp.into_parts();
-                        let body = Paced::new(body, self.proxy.timeouts.body);
+                        let body = Paced::new(body, body_timeout);
                         let idle = Arc::clone(&self.connections);
                         let body = Returning::new(body, conn, idle, guard);
                         return Ok((Response::from_parts(parts, Either::Left(body)), index));

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use nohash_hasher::NoHashHasher;
@@ -32,16 +33,27 @@ struct Seen {
 }
 
 pub(crate) struct Sessions {
-    idle: Duration,
+    /// `balance.session_idle` in nanoseconds; a reload replaces it.
+    idle: AtomicU64,
     shards: [Mutex<KeyMap<Seen>>; SHARDS],
 }
 
 impl Sessions {
     pub(crate) fn new(idle: Duration) -> Sessions {
         Sessions {
-            idle,
+            idle: AtomicU64::new(u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX)),
             shards: std::array::from_fn(|_| Mutex::new(KeyMap::default())),
         }
+    }
+
+    /// From now on a user counts while seen within `idle`.
+    pub(crate) fn set_idle(&self, idle: Duration) {
+        let nanos = u64::try_from(idle.as_nanos()).unwrap_or(u64::MAX);
+        self.idle.store(nanos, Ordering::Relaxed);
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_nanos(self.idle.load(Ordering::Relaxed))
     }
 
     /// The user with `key` was just sent to the backend pinned `pin`. Returns the pin they had
@@ -52,7 +64,7 @@ impl Sessions {
         let full = map.len() >= PER_SHARD;
         match map.get_mut(&key) {
             Some(seen) => {
-                let before = (now.duration_since(seen.at) < self.idle).then_some(seen.pin);
+                let before = (now.duration_since(seen.at) < self.idle()).then_some(seen.pin);
                 *seen = Seen { pin, at: now };
                 before
             }
@@ -69,9 +81,10 @@ impl Sessions {
     /// backend.
     pub(crate) fn tally(&self, now: Instant) -> PinMap<u64> {
         let mut counts = PinMap::default();
+        let idle = self.idle();
         for shard in &self.shards {
             let mut map = shard.lock().unwrap_or_else(|e| e.into_inner());
-            map.retain(|_, seen| now.duration_since(seen.at) < self.idle);
+            map.retain(|_, seen| now.duration_since(seen.at) < idle);
             for seen in map.values() {
                 *counts.entry(seen.pin).or_default() += 1;
             }

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use http::header::{HeaderMap, HeaderValue};
 
 use super::retry::MAX_BACKENDS_TRIED;
@@ -18,7 +19,8 @@ use crate::pool::Routing;
 
 /// The stickiness rules of one balancer, and what they have counted.
 pub(crate) struct Sticky {
-    balance: Balance,
+    /// Replaced whole by a reload; each decision loads it once (an atomic load, no lock).
+    balance: ArcSwap<Balance>,
     pub(crate) sessions: Sessions,
     /// Users moved off their pinned backend, by [`Moved::ALL`] index.
     moved: [AtomicU64; Moved::ALL.len()],
@@ -69,10 +71,17 @@ impl Sticky {
     pub(crate) fn new(balance: Balance) -> Sticky {
         Sticky {
             sessions: Sessions::new(balance.session_idle),
-            balance,
+            balance: ArcSwap::from_pointee(balance),
             moved: Default::default(),
             diverted: AtomicU64::new(0),
         }
+    }
+
+    /// A reload's balance settings, from the next request on. The caller has made sure the
+    /// pins stay the same (`pin_secret` and `key` unchanged), so no user moves.
+    pub(crate) fn set_balance(&self, balance: Balance) {
+        self.sessions.set_idle(balance.session_idle);
+        self.balance.store(std::sync::Arc::new(balance));
     }
 
     pub(crate) fn stats(&self) -> StickyStats {
@@ -89,7 +98,8 @@ impl Sticky {
     /// Whether the request carries a pin to a backend that may take it soon (one joining, or
     /// not found yet).
     pub(crate) fn pending(&self, headers: &HeaderMap, r: &Routing) -> bool {
-        let Key::Cookie(name) = &self.balance.key else {
+        let balance = self.balance.load();
+        let Key::Cookie(name) = &balance.key else {
             return false;
         };
         message::cookie(headers, name)
@@ -101,7 +111,8 @@ impl Sticky {
     /// or holds only draining members and the request is pinned to none of them.
     pub(crate) fn plan(&self, headers: &HeaderMap, peer: SocketAddr, r: &Routing) -> Option<Plan> {
         let fresh = || format!("{:032x}", fastrand::u128(..));
-        let (hash, route, cookie_key, track) = match &self.balance.key {
+        let b = self.balance.load();
+        let (hash, route, cookie_key, track) = match &b.key {
             Key::Cookie(name) => {
                 let cookie = message::cookie(headers, name)
                     .map(Cookie::parse)
@@ -111,11 +122,11 @@ impl Sticky {
                         let hash = balancer::key_hash(c.key.as_bytes());
                         let found = c.pin.map(|p| (r.lookup(p.pin), p.at));
                         // The clock is read only when a pin's age can matter.
-                        let age = match (found, self.balance.repin_after) {
+                        let age = match (found, b.repin_after) {
                             (Some((_, at)), Some(_)) => age(at),
                             _ => Duration::ZERO,
                         };
-                        let route = pin::decide(found.map(|f| f.0), age, self.balance.repin_after);
+                        let route = pin::decide(found.map(|f| f.0), age, b.repin_after);
                         (hash, route, Some(c.key.to_string()), true)
                     }
                     None => {
@@ -151,8 +162,8 @@ impl Sticky {
         if let Route::Pinned(index) = route {
             candidates.push(index);
         }
-        if matches!(route, Route::First) && self.balance.bounded_load.is_some() {
-            if let Some(first) = self.bounded(r, hash) {
+        if let (Route::First, Some(factor)) = (route, b.bounded_load) {
+            if let Some(first) = self.bounded(factor, r, hash) {
                 candidates.push(first);
             }
         }
@@ -172,8 +183,7 @@ impl Sticky {
 
     /// A new user's first backend under bounded load: the first in ring order whose active
     /// sessions are below `factor` times the mean, counting the user itself.
-    fn bounded(&self, r: &Routing, hash: u64) -> Option<usize> {
-        let factor = self.balance.bounded_load?;
+    fn bounded(&self, factor: f64, r: &Routing, hash: u64) -> Option<usize> {
         let members = &r.backends[..r.ring.len()];
         let total: u64 = members.iter().map(|b| b.sessions()).sum();
         let cap = (factor * (total + 1) as f64 / members.len().max(1) as f64).ceil() as u64;
@@ -220,20 +230,21 @@ impl Sticky {
         // every other one is pinned where they were served.
         let keep = matches!(plan.route, Route::Pinned(index) if index == served)
             || plan.route == Route::Transient;
-        match (&self.balance.key, plan.cookie_key) {
-            (Key::Cookie(name), Some(key)) if !keep => self.cookie(name, &key, backend.pin),
+        let b = self.balance.load();
+        match (&b.key, plan.cookie_key) {
+            (Key::Cookie(name), Some(key)) if !keep => cookie(&b, name, &key, backend.pin),
             _ => None,
         }
     }
+}
 
-    fn cookie(&self, name: &str, key: &str, pin: u64) -> Option<HeaderValue> {
-        let value = pin::format(key, pin, now_secs());
-        let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
-        if let Some(age) = self.balance.cookie_max_age {
-            cookie.push_str(&format!("; Max-Age={}", age.as_secs().max(1)));
-        }
-        HeaderValue::from_str(&cookie).ok()
+fn cookie(b: &Balance, name: &str, key: &str, pin: u64) -> Option<HeaderValue> {
+    let value = pin::format(key, pin, now_secs());
+    let mut cookie = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
+    if let Some(age) = b.cookie_max_age {
+        cookie.push_str(&format!("; Max-Age={}", age.as_secs().max(1)));
     }
+    HeaderValue::from_str(&cookie).ok()
 }
 
 fn now_secs() -> u64 {

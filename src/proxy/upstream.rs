@@ -78,9 +78,15 @@ pub(crate) struct Stats {
 
 pub(crate) struct Connections {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    connect_timeout: Duration,
-    idle_timeout: Duration,
+    /// `timeouts.connect` and `timeouts.idle` in nanoseconds: atomics, since a reload replaces
+    /// them while connections are made.
+    connect_timeout: AtomicU64,
+    idle_timeout: AtomicU64,
     pub(crate) stats: Stats,
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// A connection checked out of the idle list; give it back with [`Connections::checkin`] once the response
@@ -105,10 +111,25 @@ impl Connections {
     pub(crate) fn new(connect_timeout: Duration, idle_timeout: Duration) -> Connections {
         Connections {
             idle: Mutex::new(HashMap::new()),
-            connect_timeout,
-            idle_timeout,
+            connect_timeout: AtomicU64::new(nanos(connect_timeout)),
+            idle_timeout: AtomicU64::new(nanos(idle_timeout)),
             stats: Stats::default(),
         }
+    }
+
+    /// From now on: new connections wait `connect`, idle ones are kept `idle`.
+    pub(crate) fn set_timeouts(&self, connect: Duration, idle: Duration) {
+        self.connect_timeout
+            .store(nanos(connect), Ordering::Relaxed);
+        self.idle_timeout.store(nanos(idle), Ordering::Relaxed);
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        Duration::from_nanos(self.connect_timeout.load(Ordering::Relaxed))
+    }
+
+    pub(crate) fn idle_timeout(&self) -> Duration {
+        Duration::from_nanos(self.idle_timeout.load(Ordering::Relaxed))
     }
 
     /// A ready connection to `addr`: a warm one if any, else a new one.
@@ -118,7 +139,7 @@ impl Connections {
                 self.unexpected(addr);
                 continue;
             }
-            if idle.since.elapsed() >= self.idle_timeout || idle.conn.is_closed() {
+            if idle.since.elapsed() >= self.idle_timeout() || idle.conn.is_closed() {
                 continue;
             }
             // Ready at once unless the previous response is still being wound down.
@@ -139,11 +160,11 @@ impl Connections {
     /// Always a new connection (for a retry after a warm connection failed mid-request).
     pub(crate) async fn connect(&self, addr: SocketAddr) -> Result<Conn, ConnectError> {
         self.stats.connects.fetch_add(1, Ordering::Relaxed);
-        let stream =
-            match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
-                Ok(s) => s?,
-                Err(_) => return Err(ConnectError::Timeout(self.connect_timeout)),
-            };
+        let timeout = self.connect_timeout();
+        let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(s) => s?,
+            Err(_) => return Err(ConnectError::Timeout(timeout)),
+        };
         stream.set_nodelay(true)?;
         // Shares the socket's non-blocking mode: a peek never waits.
         let peek =
@@ -205,7 +226,7 @@ impl Connections {
         let mut spoiled = Vec::new();
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-            let limit = self.idle_timeout;
+            let limit = self.idle_timeout();
             idle.retain(|addr, list| {
                 list.retain(|i| {
                     if i.spoiled() {

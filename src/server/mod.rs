@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
@@ -97,14 +98,20 @@ impl Client {
     }
 }
 
+/// Settings a reload may replace while serving: each new connection reads the current ones
+/// (one atomic load), connections already open keep theirs.
+pub(crate) type LiveSettings = Arc<ArcSwap<Settings>>;
+
 /// Serves `services` (one per worker) on `listener` until `shutdown`, then lets in-flight
 /// requests finish within `settings.shutdown` and closes keep-alive connections.
 pub(crate) async fn serve<S: Service>(
     listener: TcpListener,
     services: Vec<Arc<S>>,
-    settings: Settings,
+    settings: impl Into<LiveSettings>,
     shutdown: CancellationToken,
 ) {
+    let settings: LiveSettings = settings.into();
+    let name = settings.load().name;
     let mut workers = Vec::new();
     for (index, service) in services.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -113,11 +120,11 @@ pub(crate) async fn serve<S: Service>(
             service,
             open: Arc::clone(&open),
             drain: Drain::new(),
-            settings: settings.clone(),
+            settings: Arc::clone(&settings),
         };
         let shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
-            .name(format!("{}-{index}", settings.name))
+            .name(format!("{name}-{index}"))
             .spawn(move || {
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -155,7 +162,7 @@ pub(crate) async fn serve<S: Service>(
     })
     .await;
     drop(listener);
-    info!(server = settings.name, "shutting down: no longer accepting");
+    info!(server = name, "shutting down: no longer accepting");
     let threads: Vec<_> = workers.into_iter().map(|(_, _, t)| t).collect();
     let joined = tokio::task::spawn_blocking(move || {
         for t in threads {
@@ -196,13 +203,35 @@ struct Worker<S> {
     open: Arc<AtomicUsize>,
     /// The worker's connections and the tasks they started, drained at shutdown.
     drain: Drain,
-    settings: Settings,
+    settings: LiveSettings,
 }
 
 /// One client connection as its requests see it.
 struct Connection<S> {
     service: Arc<S>,
     client: Client,
+}
+
+impl From<Settings> for LiveSettings {
+    fn from(settings: Settings) -> LiveSettings {
+        Arc::new(ArcSwap::from_pointee(settings))
+    }
+}
+
+/// hyper's connection builder for `settings`.
+fn http_builder(settings: &Settings) -> hyper::server::conn::http1::Builder {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // hyper's head timer runs from when a connection starts waiting, so it is given the
+    // idle allowance; `header_read` is counted from a head's first byte (`head_deadline`).
+    // The timer is what makes `header_read_timeout` real: without one hyper skips it.
+    // `max_header_size` rather than `max_buf_size`: the latter also caps how much of a
+    // body one read takes and how much of a response is buffered for writing, and its
+    // overflow is checked against the whole buffer, pipelined requests included.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(settings.idle.max(settings.header_read))
+        .max_header_size(settings.max_head)
+        .keep_alive(true);
+    http
 }
 
 impl<S: Service> Worker<S> {
@@ -212,18 +241,9 @@ impl<S: Service> Worker<S> {
         mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
         shutdown: CancellationToken,
     ) {
-        let settings = &self.settings;
-        let mut http = hyper::server::conn::http1::Builder::new();
-        // hyper's head timer runs from when a connection starts waiting, so it is given the
-        // idle allowance; `header_read` is counted from a head's first byte (`head_deadline`).
-        // The timer is what makes `header_read_timeout` real: without one hyper skips it.
-        // `max_header_size` rather than `max_buf_size`: the latter also caps how much of a
-        // body one read takes and how much of a response is buffered for writing, and its
-        // overflow is checked against the whole buffer, pipelined requests included.
-        http.timer(TokioTimer::new())
-            .header_read_timeout(settings.idle.max(settings.header_read))
-            .max_header_size(settings.max_head)
-            .keep_alive(true);
+        // The builder is made again only when a reload replaced the settings.
+        let mut settings = self.settings.load_full();
+        let mut http = http_builder(&settings);
         self.service.start(&shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -238,8 +258,13 @@ impl<S: Service> Worker<S> {
                 self.open.fetch_sub(1, Ordering::Relaxed);
                 continue;
             };
-            self.connection(&http, stream, peer, local);
+            if !Arc::ptr_eq(&settings, &self.settings.load()) {
+                settings = self.settings.load_full();
+                http = http_builder(&settings);
+            }
+            self.connection(&http, &settings, stream, peer, local);
         }
+        let settings = self.settings.load_full();
         if !self.drain.wait(settings.shutdown).await {
             warn!(
                 server = settings.name,
@@ -255,13 +280,14 @@ impl<S: Service> Worker<S> {
     fn connection(
         &self,
         http: &hyper::server::conn::http1::Builder,
+        settings: &Settings,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let head = Head::new(self.settings.header_read);
+        let head = Head::new(settings.header_read);
         let io = Watched::new(
-            WriteDeadline::new(stream, self.settings.write_stall),
+            WriteDeadline::new(stream, settings.write_stall),
             Arc::clone(&head),
         );
         let conn = Arc::new(Connection {

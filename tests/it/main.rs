@@ -1,6 +1,7 @@
 //! The one integration-test binary: fake backends on 127.77.N.x, the balancer run in-process,
 //! and one module per area.
 
+mod admin;
 mod dashboard;
 mod discovery;
 mod docker;
@@ -8,6 +9,7 @@ mod faults;
 mod forwarding;
 mod identity;
 mod lifecycle;
+mod reload;
 mod retry;
 mod sessions;
 mod smuggling;

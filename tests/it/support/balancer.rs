@@ -17,6 +17,10 @@ const FIND_WITHIN: Duration = Duration::from_secs(5);
 
 pub struct Balancer {
     pub addr: SocketAddr,
+    /// `admin.listen`, where `/_lb/health` is read when it is set.
+    pub admin: Option<SocketAddr>,
+    /// Hands the running balancer new configs, as SIGHUP does in the binary.
+    pub reload: sweeplb::reload::Reload,
     pub shutdown: CancellationToken,
     pub task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -30,10 +34,29 @@ impl Balancer {
         let config = sweeplb::config::parse(yaml).unwrap_or_else(|e| panic!("test config: {e}"));
         let listener = TcpListener::bind(listen).await.expect("bind balancer");
         let addr = listener.local_addr().expect("local addr");
+        let admin = config.admin().listen;
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sweeplb::run(config, listener, shutdown.clone()));
+        let (reload, reloads) = sweeplb::reload::channel();
+        let task = tokio::spawn(sweeplb::run_with_reload(
+            config,
+            listener,
+            reloads,
+            shutdown.clone(),
+        ));
+        if let Some(admin) = admin {
+            // `run` binds `admin.listen` itself, on its own task.
+            eventually(Duration::from_secs(5), async || {
+                tokio::net::TcpStream::connect(admin)
+                    .await
+                    .map(drop)
+                    .map_err(|e| format!("admin.listen {admin}: {e}"))
+            })
+            .await;
+        }
         Balancer {
             addr,
+            admin,
+            reload,
             shutdown,
             task: Some(task),
         }
@@ -52,7 +75,10 @@ impl Balancer {
 
     pub async fn health(&self) -> (u16, Value) {
         let resp = client()
-            .get(self.url("/_lb/health"))
+            .get(format!(
+                "http://{}/_lb/health",
+                self.admin.unwrap_or(self.addr)
+            ))
             .send()
             .await
             .expect("GET /_lb/health");
