@@ -4,6 +4,7 @@
 //! which never call each other.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use http::header;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -22,6 +23,7 @@ pub(crate) struct Front {
     proxy: Arc<Proxy>,
     worker: proxy::Worker,
     pool: pool::Reader,
+    metrics: Arc<admin::Metrics>,
 }
 
 impl Front {
@@ -30,6 +32,7 @@ impl Front {
         proxy: &Arc<Proxy>,
         workers: Vec<proxy::Worker>,
         pool: &pool::Reader,
+        metrics: &Arc<admin::Metrics>,
     ) -> Vec<Arc<Front>> {
         workers
             .into_iter()
@@ -38,6 +41,7 @@ impl Front {
                     proxy: Arc::clone(proxy),
                     worker,
                     pool: pool.clone(),
+                    metrics: Arc::clone(metrics),
                 })
             })
             .collect()
@@ -50,6 +54,7 @@ impl Service for Front {
     async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         // Before anything else, `/_lb/*` included: RFC 9112 §3.2 asks any server to answer
         // 400, and one rule everywhere leaves nothing to learn about which paths are lenient.
+        let arrived = Instant::now();
         let (parts, body) = req.into_parts();
         if let Some(reason) = proxy::host_problem(&parts) {
             debug!(peer = %client.peer, reason, "request refused");
@@ -58,14 +63,16 @@ impl Service for Front {
             // A client that gets Host wrong is broken or probing: the connection ends here.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp.map(Either::Right);
+            return self.worker.answered_own(resp.map(Either::Right), arrived);
         }
         let req = Request::from_parts(parts, body);
         let path = req.uri().path();
         if path == "/_lb" || path.starts_with("/_lb/") {
             let snapshot = Arc::clone(&self.pool.borrow());
             let (upstream, sticky) = (self.proxy.upstream_stats(), self.proxy.sticky_stats());
-            return admin::respond(&req, &snapshot, &upstream, &sticky).map(Either::Right);
+            let traffic = self.proxy.traffic_stats();
+            let resp = admin::respond(&req, &snapshot, &upstream, &sticky, &traffic, &self.metrics);
+            return resp.map(Either::Right);
         }
         if req.headers().contains_key(PROBE_HEADER) {
             // Another sweeplb (or this one) is probing us: say what we are, never forward.
@@ -75,7 +82,7 @@ impl Service for Front {
             );
             resp.headers_mut()
                 .insert(BALANCER_HEADER, HeaderValue::from_static("1"));
-            return resp.map(Either::Right);
+            return self.worker.answered_own(resp.map(Either::Right), arrived);
         }
         self.worker.forward(req, client).await
     }

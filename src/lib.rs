@@ -22,8 +22,8 @@
 //!   reading (`write_deadline.rs`), draining at shutdown (`drain.rs`).
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
-//! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`), read-only over the
-//!   snapshot and the proxy's counters.
+//! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`; `admin/metrics.rs`:
+//!   `/_lb/metrics`), read-only over the snapshot, the proxy's and the prober's counters.
 //! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
 //!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
@@ -80,6 +80,11 @@ pub async fn run(
     let listen = listener.local_addr()?;
     let (writer, reader) = pool::new();
     let (reports, reports_rx) = pool::reports();
+    let prober_stats = std::sync::Arc::new(discovery::Stats::default());
+    let metrics = std::sync::Arc::new(admin::Metrics::new(
+        std::sync::Arc::clone(&prober_stats),
+        config.admin.keep_departed,
+    ));
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
     let pins = balancer::PinKey::new(config.balance.pin_secret.as_ref().map(|s| s.0.as_str()));
@@ -89,6 +94,7 @@ pub async fn run(
         pins,
         writer,
         reports_rx,
+        prober_stats,
         prober_stop.clone(),
     ));
     let timeouts = config.timeouts;
@@ -113,7 +119,7 @@ pub async fn run(
     );
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     tracing::info!(%listen, "listening");
-    let fronts = front::Front::per_worker(&proxy, workers, &reader);
+    let fronts = front::Front::per_worker(&proxy, workers, &reader, &metrics);
     server::serve(listener, fronts, settings, shutdown).await;
     prober_stop.cancel();
     tasks.close();

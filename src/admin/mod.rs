@@ -2,8 +2,12 @@
 //! the pool snapshot and the proxy's counters.
 //!
 //! - `health.rs`: `/_lb/health`, the pool as JSON.
+//! - `metrics.rs`: `/_lb/metrics`, Prometheus's text exposition.
 
 mod health;
+mod metrics;
+
+pub(crate) use metrics::Metrics;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -11,14 +15,16 @@ use http_body_util::Full;
 
 use crate::message::json;
 use crate::pool::Snapshot;
-use crate::proxy::{StickyStats, UpstreamStats};
+use crate::proxy::{StickyStats, TrafficStats, UpstreamStats};
 
 /// Answers a request for `/_lb` or below.
 pub(crate) fn respond<B>(
     req: &Request<B>,
-    snapshot: &Snapshot,
+    snapshot: &std::sync::Arc<Snapshot>,
     upstream: &UpstreamStats,
     sticky: &StickyStats,
+    traffic: &TrafficStats,
+    metrics: &Metrics,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
@@ -31,12 +37,14 @@ pub(crate) fn respond<B>(
     }
     match req.uri().path() {
         "/_lb/health" => health::health(snapshot, upstream, sticky),
+        "/_lb/metrics" => metrics::metrics(metrics, snapshot, upstream, sticky, traffic),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
         _ => json(
             StatusCode::NOT_FOUND,
-            r#"{"error":"unknown endpoint; try /_lb/health or /_lb/live"}"#.to_string(),
+            r#"{"error":"unknown endpoint; try /_lb/health, /_lb/metrics or /_lb/live"}"#
+                .to_string(),
         ),
     }
 }

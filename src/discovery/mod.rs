@@ -14,9 +14,12 @@
 
 mod health;
 mod probe;
+mod stats;
 mod targets;
 
 pub(crate) use probe::{BALANCER_HEADER, PROBE_HEADER};
+pub(crate) use stats::{Counts, Stats};
+use stats::{Join, Leave};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -134,6 +137,8 @@ struct Scheduler {
     /// Something only `/_lb/health` shows changed: publish within [`PUBLISH_EVERY`].
     status_dirty: bool,
     last_publish: Instant,
+    /// What the metrics endpoint reads.
+    stats: Arc<Stats>,
 }
 
 /// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed.
@@ -143,6 +148,7 @@ pub(crate) async fn run(
     pins: PinKey,
     pool: pool::Writer,
     mut reports: mpsc::Receiver<Report>,
+    stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
     let targets = Targets::new(&d.subnets);
@@ -169,6 +175,7 @@ pub(crate) async fn run(
         routing_dirty: false,
         status_dirty: false,
         last_publish: now,
+        stats,
         d: Arc::new(d),
     };
     info!(
@@ -325,6 +332,7 @@ impl Scheduler {
             "sweep finished"
         );
         self.last_sweep = Some(report);
+        self.stats.swept();
         self.status_dirty = true;
     }
 
@@ -359,6 +367,7 @@ impl Scheduler {
         if let Some(round) = self.round.as_mut() {
             round.inflight = round.inflight.saturating_sub(1);
         }
+        self.stats.probed(&Kind::Sweep, &result);
         match result {
             Err(f) => debug!(%addr, reason = %f, "sweep probe failed"),
             Ok(answer) => {
@@ -391,6 +400,7 @@ impl Scheduler {
     }
 
     fn checked(&mut self, addr: SocketAddr, took: Duration, result: Result<Answer, Failure>) {
+        self.stats.probed(&Kind::Check, &result);
         let Some(t) = self.members.get_mut(&addr) else {
             return;
         };
@@ -414,6 +424,8 @@ impl Scheduler {
                     let new = Arc::new(Backend::new(addr, answer.instance.clone(), &self.pins));
                     let old = std::mem::replace(&mut t.backend, new);
                     pool::retire(&old);
+                    self.stats.left(Leave::Replaced);
+                    self.stats.joined(Join::Replaced);
                     self.departed.push_back((old.pin, Moved::InstanceReplaced));
                     self.routing_dirty = true;
                 }
@@ -428,7 +440,10 @@ impl Scheduler {
             }
         };
         self.status_dirty = true;
-        self.apply(addr, change, result.err().map(|f| f.to_string()));
+        let reason = result
+            .err()
+            .map(|f| (Leave::Check(f.class()), f.to_string()));
+        self.apply(addr, change, reason);
     }
 
     fn report(&mut self, report: Report) {
@@ -443,13 +458,18 @@ impl Scheduler {
             self.apply(
                 addr,
                 change,
-                Some(format!("request could not connect: {reason}")),
+                Some((
+                    Leave::RequestConnect,
+                    format!("request could not connect: {reason}"),
+                )),
             );
         }
     }
 
     /// Logs a transition and updates membership; every routing change goes through here.
-    fn apply(&mut self, addr: SocketAddr, change: Change, reason: Option<String>) {
+    /// `reason` is why it failed, if it did: a class to count and the message.
+    fn apply(&mut self, addr: SocketAddr, change: Change, reason: Option<(Leave, String)>) {
+        let (why, reason) = reason.unzip();
         let reason = reason.unwrap_or_default();
         let Some(t) = self.members.get_mut(&addr) else {
             return;
@@ -464,6 +484,9 @@ impl Scheduler {
                     _ => "backend no longer draining",
                 };
                 info!(%addr, checks = t.health.ok, "{what}");
+                if change == Change::Joined {
+                    self.stats.joined(Join::Found);
+                }
                 t.since = SystemTime::now();
                 self.routing_dirty = true;
             }
@@ -478,6 +501,9 @@ impl Scheduler {
             }
             Change::Left => {
                 warn!(%addr, %reason, "backend left");
+                if let Some(why) = why {
+                    self.stats.left(why);
+                }
                 if let Some(t) = self.members.remove(&addr) {
                     pool::retire(&t.backend);
                     let why = if t.health.draining {
