@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
 use crate::support::{
-    Balancer, Net, addrs, backend_ip, candidates, client, custom, eventually, get, text, webapps,
+    Balancer, Net, addrs, backend_ip, candidates, client, custom, eventually, get, raw, text,
+    webapps,
 };
 
 /// One sample of the exposition: its name, labels and value.
@@ -535,5 +536,60 @@ async fn departed_backends_are_forgotten_after_keep_departed() {
         ),
         40.0
     );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_counts_when_its_body_ends() {
+    let net = Net::new(154);
+    // Sends the head at once and the body when the test says.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let go = std::sync::Arc::clone(&release);
+    let _backend = raw(net.addr(10), move |mut s, _| {
+        let go = std::sync::Arc::clone(&go);
+        async move {
+            let head = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n";
+            if s.write_all(head).await.is_ok() {
+                go.notified().await;
+                let _ = s.write_all(b"done").await;
+            }
+        }
+    });
+    let lb = Balancer::found(&net.config("", ""), &[net.addr(10)]).await;
+    let backend = net.addr(10).to_string();
+    let this = [("backend", backend.as_str())];
+    let ok = [("backend", backend.as_str()), ("class", "2xx")];
+
+    let resp = client()
+        .get(lb.url("/"))
+        .send()
+        .await
+        .expect("a response head");
+    assert_eq!(resp.status(), 200);
+    let all = samples(&scrape(&lb).await);
+    assert_eq!(must(&all, "sweeplb_requests_in_flight", &this), 1.0);
+    assert_eq!(
+        must(&all, "sweeplb_requests_total", &ok),
+        0.0,
+        "counted at its head"
+    );
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    release.notify_one();
+    assert_eq!(resp.text().await.expect("the body"), "done");
+    let all = samples(&scrape(&lb).await);
+    assert_eq!(must(&all, "sweeplb_requests_in_flight", &this), 0.0);
+    assert_eq!(must(&all, "sweeplb_requests_total", &ok), 1.0);
+    let le = |bound| [("backend", backend.as_str()), ("le", bound)];
+    // It took at least the 300 ms the body was held back.
+    assert_eq!(
+        must(&all, "sweeplb_request_duration_seconds_bucket", &le("0.25")),
+        0.0
+    );
+    assert_eq!(
+        must(&all, "sweeplb_request_duration_seconds_bucket", &le("+Inf")),
+        1.0
+    );
+    assert!(must(&all, "sweeplb_request_duration_seconds_sum", &this) >= 0.3);
     lb.stop().await;
 }
