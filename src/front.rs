@@ -4,7 +4,6 @@
 //! which never call each other.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use http::header;
 use http::{HeaderValue, Request, Response, StatusCode};
@@ -54,7 +53,6 @@ impl Service for Front {
     async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         // Before anything else, `/_lb/*` included: RFC 9112 §3.2 asks any server to answer
         // 400, and one rule everywhere leaves nothing to learn about which paths are lenient.
-        let arrived = Instant::now();
         let (parts, body) = req.into_parts();
         if let Some(reason) = proxy::host_problem(&parts) {
             debug!(peer = %client.peer, reason, "request refused");
@@ -63,7 +61,7 @@ impl Service for Front {
             // A client that gets Host wrong is broken or probing: the connection ends here.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return self.worker.answered_own(resp.map(Either::Right), arrived);
+            return self.worker.answered_at_once(resp.map(Either::Right));
         }
         let req = Request::from_parts(parts, body);
         let path = req.uri().path();
@@ -82,7 +80,7 @@ impl Service for Front {
             );
             resp.headers_mut()
                 .insert(BALANCER_HEADER, HeaderValue::from_static("1"));
-            return self.worker.answered_own(resp.map(Either::Right), arrived);
+            return self.worker.answered_at_once(resp.map(Either::Right));
         }
         self.worker.forward(req, client).await
     }
