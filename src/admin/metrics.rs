@@ -12,8 +12,9 @@
 //! one listener, and a label added later would break every query written before.
 
 use std::borrow::Cow;
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -155,14 +156,18 @@ impl Seen {
         now: Instant,
         keep: Duration,
     ) -> Vec<Arc<Backend>> {
-        let is_member = |b: &Arc<Backend>| members.iter().any(|m| Arc::ptr_eq(m, b));
-        for gone in self.members.drain(..).filter(|b| !is_member(b)) {
-            self.departed.retain(|(d, _)| d.addr != gone.addr);
-            self.departed.push_back((gone, now));
+        // Sets, so that a scrape of a thousand members stays linear.
+        let current: HashSet<*const Backend> = members.iter().map(Arc::as_ptr).collect();
+        let addrs: HashSet<SocketAddr> = members.iter().map(|m| m.addr).collect();
+        for gone in self.members.drain(..) {
+            if !current.contains(&Arc::as_ptr(&gone)) {
+                self.departed.retain(|(d, _)| d.addr != gone.addr);
+                self.departed.push_back((gone, now));
+            }
         }
         self.members = members.to_vec();
         self.departed.retain(|(d, at)| {
-            now.saturating_duration_since(*at) < keep && !members.iter().any(|m| m.addr == d.addr)
+            now.saturating_duration_since(*at) < keep && !addrs.contains(&d.addr)
         });
         while self.departed.len() > MAX_DEPARTED {
             self.departed.pop_front();
