@@ -593,3 +593,60 @@ async fn a_request_counts_when_its_body_ends() {
     assert!(must(&all, "sweeplb_request_duration_seconds_sum", &this) >= 0.3);
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_add_up_under_concurrent_traffic_and_scrapes() {
+    if !available("metrics under load", "promtool") {
+        return;
+    }
+    let net = Net::new(155);
+    let backends = webapps(&net, &[10, 11]);
+    let lb = Balancer::found(&net.config("", ""), &addrs(&backends)).await;
+    let (clients, each) = (8, 50);
+
+    // Clients with connections of their own, spread over the workers, while scrapes go on.
+    let traffic: Vec<_> = (0..clients)
+        .map(|_| {
+            let url = lb.url("/");
+            tokio::spawn(async move {
+                let c = client();
+                for _ in 0..each {
+                    let resp = c.get(&url).send().await.expect("a response");
+                    assert_eq!(resp.status(), 200);
+                    resp.bytes().await.expect("a body");
+                }
+            })
+        })
+        .collect();
+    let mut scrapes = Vec::new();
+    while !traffic.iter().all(|t| t.is_finished()) {
+        scrapes.push(scrape(&lb).await);
+    }
+    for t in traffic {
+        t.await.expect("a client task");
+    }
+    scrapes.push(scrape(&lb).await);
+
+    let total = |text: &str, name: &str| -> f64 {
+        samples(text)
+            .iter()
+            .filter(|s| s.name == name && s.labels.contains_key("backend"))
+            .map(|s| s.value)
+            .sum()
+    };
+    let mut before = 0.0;
+    for text in &scrapes {
+        let now = total(text, "sweeplb_requests_total");
+        assert!(now >= before, "a counter went down: {before} then {now}");
+        before = now;
+    }
+    let last = scrapes.last().expect("a scrape");
+    let (ok, said) = promtool(last);
+    assert!(ok, "promtool check metrics failed:\n{said}");
+    let done = f64::from(clients * each);
+    assert_eq!(total(last, "sweeplb_requests_total"), done);
+    assert_eq!(total(last, "sweeplb_request_duration_seconds_count"), done);
+    assert_eq!(total(last, "sweeplb_requests_in_flight"), 0.0);
+    assert!(scrapes.len() >= 2, "scraped while traffic went on");
+    lb.stop().await;
+}
