@@ -38,6 +38,8 @@ pub(crate) struct Admin {
     /// Replaced by a reload; loaded once per admin request.
     pub(crate) settings: Arc<ArcSwap<config::Admin>>,
     pub(crate) reloads: Arc<reload::Counts>,
+    /// What `/_lb/metrics` keeps between scrapes.
+    pub(crate) metrics: Arc<admin::Metrics>,
 }
 
 impl Admin {
@@ -48,9 +50,16 @@ impl Admin {
             debug!(peer = %client.peer, path, "admin request refused: not in admin.allow");
             return access::forbidden().map(Either::Right);
         }
-        let snapshot = Arc::clone(&self.pool.borrow());
-        let (upstream, sticky) = (self.proxy.upstream_stats(), self.proxy.sticky_stats());
-        admin::respond(req, &snapshot, &upstream, &sticky, &self.reloads).map(Either::Right)
+        let sources = admin::Sources {
+            snapshot: Arc::clone(&self.pool.borrow()),
+            upstream: self.proxy.upstream_stats(),
+            sticky: self.proxy.sticky_stats(),
+            traffic: self.proxy.traffic_stats(),
+            reloads: &self.reloads,
+            metrics: &self.metrics,
+            keep_departed: self.settings.load().keep_departed,
+        };
+        admin::respond(req, &sources).map(Either::Right)
     }
 }
 
@@ -118,7 +127,7 @@ impl Service for Front {
         // 400, and one rule everywhere leaves nothing to learn about which paths are lenient.
         let (parts, body) = req.into_parts();
         if let Some(resp) = bad_host(&parts, client) {
-            return resp;
+            return self.worker.answered_at_once(resp);
         }
         let req = Request::from_parts(parts, body);
         let path = req.uri().path();
@@ -136,7 +145,7 @@ impl Service for Front {
             );
             resp.headers_mut()
                 .insert(BALANCER_HEADER, HeaderValue::from_static("1"));
-            return resp.map(Either::Right);
+            return self.worker.answered_at_once(resp.map(Either::Right));
         }
         self.worker.forward(req, client).await
     }

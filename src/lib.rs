@@ -22,8 +22,9 @@
 //!   reading (`write_deadline.rs`), draining at shutdown (`drain.rs`).
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
-//! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`), read-only over the
-//!   snapshot and the proxy's counters; `admin/access.rs` the `admin.allow` rule. With
+//! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`; `admin/metrics.rs`:
+//!   `/_lb/metrics`; `admin/dashboard.rs`: the page at `/_lb/`), read-only over the snapshot,
+//!   the proxy's and the prober's counters; `admin/access.rs` the `admin.allow` rule. With
 //!   `admin.listen` they are served on a listener of their own (`front::AdminFront`).
 //! - [`reload`]: hot reload, a new config compared with the running one (`reload::diff`) and
 //!   handed to each component's live handle, or refused whole.
@@ -104,6 +105,8 @@ pub async fn run_with_reload(
     let (writer, reader) = pool::new();
     let (reports, reports_rx) = pool::reports();
     let (discovery_reloads, discovery_reloads_rx) = tokio::sync::mpsc::channel(4);
+    let prober_stats = std::sync::Arc::new(discovery::Stats::default());
+    let metrics = std::sync::Arc::new(admin::Metrics::new(std::sync::Arc::clone(&prober_stats)));
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
     let pins = balancer::PinKey::new(config.balance.pin_secret.as_ref().map(|s| s.0.as_str()));
@@ -111,9 +114,12 @@ pub async fn run_with_reload(
         config.discovery.clone(),
         listen,
         pins,
-        writer,
-        reports_rx,
-        discovery_reloads_rx,
+        discovery::Links {
+            pool: writer,
+            reports: reports_rx,
+            reloads: discovery_reloads_rx,
+            stats: prober_stats,
+        },
         prober_stop.clone(),
     ));
     let timeouts = config.timeouts.clone();
@@ -135,6 +141,7 @@ pub async fn run_with_reload(
         pool: reader.clone(),
         settings: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config.admin.clone())),
         reloads: reloads.counts(),
+        metrics,
     });
     let live = reload::Live {
         proxy: std::sync::Arc::clone(&proxy),

@@ -12,7 +12,7 @@ use std::hash::BuildHasherDefault;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,7 @@ const SHARDS: usize = 8;
 struct Shard {
     requests: AtomicU64,
     inflight: AtomicU64,
+    responses: Responses,
 }
 
 /// One backend as long as it stays a member; the same `Arc` is carried from snapshot to
@@ -84,6 +85,15 @@ impl Backend {
             .sum()
     }
 
+    /// Its responses by status class and duration, over every worker.
+    pub(crate) fn responses(&self) -> ResponseCounts {
+        let mut sum = ResponseCounts::default();
+        for s in &self.counters {
+            s.responses.add_to(&mut sum);
+        }
+        sum
+    }
+
     pub(crate) fn inflight(&self) -> u64 {
         self.counters
             .iter()
@@ -126,14 +136,27 @@ pub(crate) struct InflightGuard {
     local: Local,
     index: usize,
     shard: usize,
+    /// The status handed to the client and when the request arrived: counted as the guard
+    /// drops, which is when the response body has ended (or been cut off).
+    answered: Option<(u16, Instant)>,
+}
+
+impl InflightGuard {
+    /// The backend's response with `status` goes to the client for a request that arrived at
+    /// `arrived`; it is counted when the guard drops.
+    pub(crate) fn answered(&mut self, status: u16, arrived: Instant) {
+        self.answered = Some((status, arrived));
+    }
 }
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         if let Some(b) = self.local.backends.get(self.index) {
-            b.counters[self.shard]
-                .inflight
-                .fetch_sub(1, Ordering::Relaxed);
+            let shard = &b.counters[self.shard];
+            shard.inflight.fetch_sub(1, Ordering::Relaxed);
+            if let Some((status, arrived)) = self.answered {
+                shard.responses.record(status, arrived.elapsed());
+            }
         }
     }
 }
@@ -167,6 +190,15 @@ impl Local {
             local: self.clone(),
             index,
             shard,
+            answered: None,
+        }
+    }
+
+    /// Counts a response of `backends[index]` that took `took`, from worker `worker`, at once:
+    /// for a protocol switch, whose tunnel may then last for hours.
+    pub(crate) fn answered_now(&self, index: usize, worker: usize, status: u16, took: Duration) {
+        if let Some(b) = self.backends.get(index) {
+            b.counters[worker % SHARDS].responses.record(status, took);
         }
     }
 }
@@ -177,6 +209,68 @@ impl std::ops::Deref for Local {
     fn deref(&self) -> &Routing {
         &self.0
     }
+}
+
+/// Upper bounds of the request-duration buckets, in microseconds: 1 ms to 10 s, the span of
+/// web requests; the slowest go past the last bound (`+Inf`). Fixed, so that a bucket is an
+/// index and counting is one compare walk and one add.
+pub(crate) const DURATION_BOUNDS_US: [u64; 13] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000,
+];
+
+/// Response status classes counted: 1xx to 5xx.
+pub(crate) const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Responses by status class and duration, as one worker counts them. Summed over workers
+/// when someone reads them ([`ResponseCounts`]), never on the request path.
+#[derive(Debug, Default)]
+pub(crate) struct Responses {
+    classes: [AtomicU64; STATUS_CLASSES.len()],
+    /// By [`bucket`]; the last one past every bound.
+    buckets: [AtomicU64; DURATION_BOUNDS_US.len() + 1],
+    /// Microseconds: a u64 of them holds 584,000 years of request time.
+    sum_us: AtomicU64,
+}
+
+/// [`Responses`] summed over workers.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(crate) struct ResponseCounts {
+    pub(crate) classes: [u64; STATUS_CLASSES.len()],
+    /// Not cumulative: `buckets[i]` counts durations in (bound i-1, bound i].
+    pub(crate) buckets: [u64; DURATION_BOUNDS_US.len() + 1],
+    pub(crate) sum_us: u64,
+}
+
+impl Responses {
+    pub(crate) fn record(&self, status: u16, took: Duration) {
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.classes[status_class(status)].fetch_add(1, Ordering::Relaxed);
+        self.buckets[bucket(us)].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    pub(crate) fn add_to(&self, sum: &mut ResponseCounts) {
+        for (s, c) in sum.classes.iter_mut().zip(&self.classes) {
+            *s += c.load(Ordering::Relaxed);
+        }
+        for (s, b) in sum.buckets.iter_mut().zip(&self.buckets) {
+            *s += b.load(Ordering::Relaxed);
+        }
+        sum.sum_us = sum.sum_us.wrapping_add(self.sum_us.load(Ordering::Relaxed));
+    }
+}
+
+/// The index in [`STATUS_CLASSES`] of `status`. hyper lets a backend send 600 to 999: those
+/// count as 5xx, a broken answer, so the classes stay five.
+pub(crate) fn status_class(status: u16) -> usize {
+    usize::from(status / 100).clamp(1, STATUS_CLASSES.len()) - 1
+}
+
+/// The bucket of a duration of `us` microseconds: the first bound it does not exceed (a
+/// Prometheus bucket is `le`, less or equal), or the last bucket past every bound.
+pub(crate) fn bucket(us: u64) -> usize {
+    DURATION_BOUNDS_US.partition_point(|&bound| bound < us)
 }
 
 /// Pins are already hashes: they index a map as they are.
@@ -366,4 +460,61 @@ pub(crate) fn reports() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
 /// Marks a backend gone when the prober drops it.
 pub(crate) fn retire(backend: &Backend) {
     backend.gone.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_classes() {
+        for (status, class) in [
+            (100, "1xx"),
+            (101, "1xx"),
+            (200, "2xx"),
+            (304, "3xx"),
+            (404, "4xx"),
+            (431, "4xx"),
+            (503, "5xx"),
+            (599, "5xx"),
+            (600, "5xx"),
+            (999, "5xx"),
+            (0, "1xx"),
+        ] {
+            assert_eq!(STATUS_CLASSES[status_class(status)], class, "{status}");
+        }
+    }
+
+    #[test]
+    fn duration_buckets_are_less_or_equal() {
+        for (us, want) in [
+            (0, 0),
+            (999, 0),
+            (1_000, 0),
+            (1_001, 1),
+            (2_500, 1),
+            (9_999, 3),
+            (10_000_000, 12),
+            (10_000_001, 13),
+            (u64::MAX, 13),
+        ] {
+            assert_eq!(bucket(us), want, "{us} µs");
+        }
+    }
+
+    #[test]
+    fn responses_sum_over_workers() {
+        let (a, b) = (Responses::default(), Responses::default());
+        a.record(200, Duration::from_millis(3));
+        b.record(502, Duration::from_secs(20));
+        b.record(204, Duration::from_micros(10));
+        let mut sum = ResponseCounts::default();
+        a.add_to(&mut sum);
+        b.add_to(&mut sum);
+        assert_eq!(sum.classes, [0, 2, 0, 0, 1]);
+        assert_eq!(sum.buckets[0], 1);
+        assert_eq!(sum.buckets[2], 1);
+        assert_eq!(sum.buckets[13], 1);
+        assert_eq!(sum.sum_us, 20_003_010);
+    }
 }

@@ -128,13 +128,27 @@ pub struct Counted {
     pub refused: u64,
 }
 
-/// The reload counters `/_lb/health` shows; written only when a reload happens.
-#[derive(Default)]
+/// The reload counters `/_lb/health` and `/_lb/metrics` show; written only when a reload
+/// happens.
 pub(crate) struct Counts {
     ok: AtomicU64,
     invalid: AtomicU64,
     refused: AtomicU64,
     last: Mutex<Option<Last>>,
+    /// When the config in force was loaded: at start, then by each successful reload.
+    loaded: Mutex<SystemTime>,
+}
+
+impl Default for Counts {
+    fn default() -> Counts {
+        Counts {
+            ok: AtomicU64::new(0),
+            invalid: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            last: Mutex::new(None),
+            loaded: Mutex::new(SystemTime::now()),
+        }
+    }
 }
 
 /// The latest reload: when, its result, and what changed or why it was not applied.
@@ -162,8 +176,12 @@ impl Counts {
             Outcome::NotRunning => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        let at = SystemTime::now();
+        if matches!(outcome, Outcome::Applied { .. }) {
+            *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = at;
+        }
         *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some(Last {
-            at: SystemTime::now(),
+            at,
             result: outcome.result(),
             detail,
         });
@@ -175,6 +193,11 @@ impl Counts {
             invalid: self.invalid.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
         }
+    }
+
+    /// When the config in force was loaded.
+    pub(crate) fn last_success(&self) -> SystemTime {
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub(crate) fn last(&self) -> Option<Last> {
@@ -501,5 +524,14 @@ mod tests {
         let last = c.last().expect("a last reload");
         assert_eq!(last.result, "invalid");
         assert_eq!(last.detail, ["discovery.rise: 0 is out of range"]);
+        // Only a reload that was applied moves the time the config in force was loaded.
+        let started = c.last_success();
+        assert!(started <= last.at);
+        c.record(&Outcome::Applied {
+            config: Box::new(config("")),
+            changed: vec!["timeouts.connect"],
+        });
+        assert!(c.last_success() > started);
+        assert_eq!(c.counted().ok, 1);
     }
 }

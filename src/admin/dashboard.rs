@@ -105,16 +105,24 @@ mod tests {
     /// Through the admin router: the page for GET and HEAD, the JSON endpoints untouched.
     #[test]
     fn the_admin_router_serves_the_page_beside_the_json() {
-        let snapshot = crate::pool::Snapshot::default();
-        let upstream = crate::proxy::UpstreamStats {
-            connects: 0,
-            reused: 0,
-            idle: 0,
-            unexpected: 0,
-        };
-        let sticky = crate::proxy::StickyStats {
-            moved: Vec::new(),
-            diverted: 0,
+        let reloads = crate::reload::Counts::default();
+        let metrics = super::super::Metrics::new(Default::default());
+        let sources = super::super::Sources {
+            snapshot: Default::default(),
+            upstream: crate::proxy::UpstreamStats {
+                connects: 0,
+                reused: 0,
+                idle: 0,
+                unexpected: 0,
+            },
+            sticky: crate::proxy::StickyStats {
+                moved: Vec::new(),
+                diverted: 0,
+            },
+            traffic: Default::default(),
+            reloads: &reloads,
+            metrics: &metrics,
+            keep_departed: std::time::Duration::from_secs(600),
         };
         let ask = |method: http::Method, path: &str| {
             let req = http::Request::builder()
@@ -122,8 +130,7 @@ mod tests {
                 .uri(path)
                 .body(())
                 .expect("a request");
-            let reloads = crate::reload::Counts::default();
-            super::super::respond(&req, &snapshot, &upstream, &sticky, &reloads)
+            super::super::respond(&req, &sources)
         };
         for method in [http::Method::GET, http::Method::HEAD] {
             for path in ["/_lb", "/_lb/"] {

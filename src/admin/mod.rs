@@ -2,12 +2,19 @@
 //! the pool snapshot and the proxy's counters.
 //!
 //! - `health.rs`: `/_lb/health`, the pool as JSON.
+//! - `metrics.rs`: `/_lb/metrics`, Prometheus's text exposition.
 //! - `dashboard.rs`: `/_lb/`, the live page that draws `/_lb/health`, and its files.
 //! - `access.rs`: who may read them (`admin.allow`), and the answers to those who may not.
 
 pub(crate) mod access;
 mod dashboard;
 mod health;
+mod metrics;
+
+pub(crate) use metrics::Metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
@@ -15,17 +22,23 @@ use http_body_util::Full;
 
 use crate::message::json;
 use crate::pool::Snapshot;
-use crate::proxy::{StickyStats, UpstreamStats};
+use crate::proxy::{StickyStats, TrafficStats, UpstreamStats};
 use crate::reload;
 
+/// What the admin endpoints read, gathered for one request.
+pub(crate) struct Sources<'a> {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) upstream: UpstreamStats,
+    pub(crate) sticky: StickyStats,
+    pub(crate) traffic: TrafficStats,
+    pub(crate) reloads: &'a reload::Counts,
+    pub(crate) metrics: &'a Metrics,
+    /// `admin.keep_departed` as the running config says.
+    pub(crate) keep_departed: Duration,
+}
+
 /// Answers a request for `/_lb` or below.
-pub(crate) fn respond<B>(
-    req: &Request<B>,
-    snapshot: &Snapshot,
-    upstream: &UpstreamStats,
-    sticky: &StickyStats,
-    reloads: &reload::Counts,
-) -> Response<Full<Bytes>> {
+pub(crate) fn respond<B>(req: &Request<B>, s: &Sources<'_>) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -40,13 +53,15 @@ pub(crate) fn respond<B>(
         return page;
     }
     match path {
-        "/_lb/health" => health::health(snapshot, upstream, sticky, reloads),
+        "/_lb/health" => health::health(&s.snapshot, &s.upstream, &s.sticky, s.reloads),
+        "/_lb/metrics" => metrics::metrics(s),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.
         "/_lb/live" => json(StatusCode::OK, r#"{"status":"live"}"#.to_string()),
         _ => json(
             StatusCode::NOT_FOUND,
-            r#"{"error":"unknown endpoint; try /_lb/, /_lb/health or /_lb/live"}"#.to_string(),
+            r#"{"error":"unknown endpoint; try /_lb/, /_lb/health, /_lb/metrics or /_lb/live"}"#
+                .to_string(),
         ),
     }
 }

@@ -14,9 +14,12 @@
 
 mod health;
 mod probe;
+mod stats;
 mod targets;
 
 pub(crate) use probe::{BALANCER_HEADER, PROBE_HEADER};
+pub(crate) use stats::{Counts, Stats};
+use stats::{Join, Leave};
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -139,19 +142,35 @@ struct Scheduler {
     /// Something only `/_lb/health` shows changed: publish within [`PUBLISH_EVERY`].
     status_dirty: bool,
     last_publish: Instant,
+    /// What the metrics endpoint reads.
+    stats: Arc<Stats>,
 }
 
-/// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed;
-/// `reloads` brings the settings of a reloaded config.
+/// What the prober talks to: the pool it writes, what it hears from the proxy and from
+/// reloads, and the counters the metrics endpoint reads.
+pub(crate) struct Links {
+    pub(crate) pool: pool::Writer,
+    /// Requests that could not connect.
+    pub(crate) reports: mpsc::Receiver<Report>,
+    /// The settings of a reloaded config.
+    pub(crate) reloads: mpsc::Receiver<Discovery>,
+    pub(crate) stats: Arc<Stats>,
+}
+
+/// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed.
 pub(crate) async fn run(
     d: Discovery,
     listen: SocketAddr,
     pins: PinKey,
-    pool: pool::Writer,
-    mut reports: mpsc::Receiver<Report>,
-    mut reloads: mpsc::Receiver<Discovery>,
+    links: Links,
     shutdown: CancellationToken,
 ) {
+    let Links {
+        pool,
+        mut reports,
+        mut reloads,
+        stats,
+    } = links;
     let targets = Targets::new(&d.subnets);
     let mut skip = d.exclude.clone();
     skip.extend(own_addresses(listen, d.port));
@@ -177,6 +196,7 @@ pub(crate) async fn run(
         routing_dirty: false,
         status_dirty: false,
         last_publish: now,
+        stats,
         d: Arc::new(d),
     };
     info!(
@@ -248,7 +268,11 @@ impl Scheduler {
             .copied()
             .collect();
         for addr in outside {
-            self.apply(addr, Change::Left, Some(RANGE_REMOVED.to_string()));
+            self.apply(
+                addr,
+                Change::Left,
+                Some((Leave::RangeRemoved, RANGE_REMOVED.to_string())),
+            );
         }
         for t in self.members.values_mut() {
             t.health.set_thresholds(d.rise, d.fall);
@@ -386,6 +410,7 @@ impl Scheduler {
             "sweep finished"
         );
         self.last_sweep = Some(report);
+        self.stats.swept();
         self.status_dirty = true;
     }
 
@@ -420,6 +445,7 @@ impl Scheduler {
         if let Some(round) = self.round.as_mut() {
             round.inflight = round.inflight.saturating_sub(1);
         }
+        self.stats.probed(&Kind::Sweep, &result);
         match result {
             Err(f) => debug!(%addr, reason = %f, "sweep probe failed"),
             Ok(answer) => {
@@ -452,6 +478,7 @@ impl Scheduler {
     }
 
     fn checked(&mut self, addr: SocketAddr, took: Duration, result: Result<Answer, Failure>) {
+        self.stats.probed(&Kind::Check, &result);
         let Some(t) = self.members.get_mut(&addr) else {
             return;
         };
@@ -475,6 +502,8 @@ impl Scheduler {
                     let new = Arc::new(Backend::new(addr, answer.instance.clone(), &self.pins));
                     let old = std::mem::replace(&mut t.backend, new);
                     pool::retire(&old);
+                    self.stats.left(Leave::Replaced);
+                    self.stats.joined(Join::Replaced);
                     self.departed.push_back((old.pin, Moved::InstanceReplaced));
                     self.routing_dirty = true;
                 }
@@ -489,7 +518,10 @@ impl Scheduler {
             }
         };
         self.status_dirty = true;
-        self.apply(addr, change, result.err().map(|f| f.to_string()));
+        let reason = result
+            .err()
+            .map(|f| (Leave::Check(f.class()), f.to_string()));
+        self.apply(addr, change, reason);
     }
 
     fn report(&mut self, report: Report) {
@@ -504,13 +536,18 @@ impl Scheduler {
             self.apply(
                 addr,
                 change,
-                Some(format!("request could not connect: {reason}")),
+                Some((
+                    Leave::RequestConnect,
+                    format!("request could not connect: {reason}"),
+                )),
             );
         }
     }
 
     /// Logs a transition and updates membership; every routing change goes through here.
-    fn apply(&mut self, addr: SocketAddr, change: Change, reason: Option<String>) {
+    /// `reason` is why it failed, if it did: a class to count and the message.
+    fn apply(&mut self, addr: SocketAddr, change: Change, reason: Option<(Leave, String)>) {
+        let (why, reason) = reason.unzip();
         let reason = reason.unwrap_or_default();
         let Some(t) = self.members.get_mut(&addr) else {
             return;
@@ -525,6 +562,9 @@ impl Scheduler {
                     _ => "backend no longer draining",
                 };
                 info!(%addr, checks = t.health.ok, "{what}");
+                if change == Change::Joined {
+                    self.stats.joined(Join::Found);
+                }
                 t.since = SystemTime::now();
                 self.routing_dirty = true;
             }
@@ -539,6 +579,9 @@ impl Scheduler {
             }
             Change::Left => {
                 warn!(%addr, %reason, "backend left");
+                if let Some(why) = why {
+                    self.stats.left(why);
+                }
                 if let Some(t) = self.members.remove(&addr) {
                     pool::retire(&t.backend);
                     let why = if t.health.draining {

@@ -56,6 +56,38 @@ pub(crate) enum Failure {
     NoNonce(String),
 }
 
+impl Failure {
+    /// Every class of failure, as counted: bounded, unlike the messages.
+    pub(crate) const CLASSES: [&str; 10] = [
+        "refused",
+        "timeout",
+        "unreachable",
+        "status",
+        "body_mismatch",
+        "http",
+        "balancer",
+        "proof_missing",
+        "proof_wrong",
+        "no_nonce",
+    ];
+
+    /// The index of its class in [`Failure::CLASSES`].
+    pub(crate) fn class(&self) -> usize {
+        match self {
+            Failure::Refused => 0,
+            Failure::Timeout => 1,
+            Failure::Unreachable(_) => 2,
+            Failure::Status(_) => 3,
+            Failure::BodyMismatch => 4,
+            Failure::Http(_) => 5,
+            Failure::Balancer => 6,
+            Failure::ProofMissing => 7,
+            Failure::ProofWrong => 8,
+            Failure::NoNonce(_) => 9,
+        }
+    }
+}
+
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -165,4 +197,30 @@ async fn probe_once(addr: SocketAddr, d: &Discovery) -> Result<Answer, Failure> 
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A class per kind of failure, named as its message begins.
+    #[test]
+    fn failure_classes() {
+        let all = [
+            (Failure::Refused, "refused"),
+            (Failure::Timeout, "timeout"),
+            (Failure::Unreachable("no route".into()), "unreachable"),
+            (Failure::Status(500), "status"),
+            (Failure::BodyMismatch, "body_mismatch"),
+            (Failure::Http("garbage".into()), "http"),
+            (Failure::Balancer, "balancer"),
+            (Failure::ProofMissing, "proof_missing"),
+            (Failure::ProofWrong, "proof_wrong"),
+            (Failure::NoNonce("none".into()), "no_nonce"),
+        ];
+        assert_eq!(all.len(), Failure::CLASSES.len());
+        for (failure, class) in all {
+            assert_eq!(Failure::CLASSES[failure.class()], class, "{failure}");
+        }
+    }
 }

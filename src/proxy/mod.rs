@@ -16,13 +16,14 @@ pub(crate) mod fuzzing;
 mod headers;
 mod retry;
 mod sessions;
+mod stats;
 mod sticky;
 mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -44,6 +45,8 @@ use body::{ClientFault, Fault, Paced, RequestBody, Returning};
 pub(crate) use error::Error;
 pub(crate) use headers::host_problem;
 use retry::{Attempt, Decision, Failure};
+pub(crate) use stats::TrafficStats;
+use stats::WorkerStats;
 pub(crate) use sticky::StickyStats;
 use sticky::{Plan, Sticky};
 use upstream::{ConnectError, Connections};
@@ -61,6 +64,8 @@ pub(crate) struct Proxy {
     /// One list of idle upstream connections per worker, so a request and the connection it
     /// rides on stay on one thread and the lists are never contended.
     connections: Vec<Arc<Connections>>,
+    /// One per worker, beside its connections.
+    stats: Vec<Arc<WorkerStats>>,
     reports: mpsc::Sender<Report>,
     /// By when the pool will have settled after start, at the latest.
     settles_by: tokio::time::Instant,
@@ -92,6 +97,7 @@ impl Proxy {
             connections: (0..workers.max(1))
                 .map(|_| Arc::new(Connections::new(timeouts.connect, timeouts.idle)))
                 .collect(),
+            stats: (0..workers.max(1)).map(|_| Arc::default()).collect(),
             pool,
             sticky: Sticky::new(balance),
             timeouts: ArcSwap::from_pointee(timeouts),
@@ -101,11 +107,13 @@ impl Proxy {
         let workers = proxy
             .connections
             .iter()
+            .zip(&proxy.stats)
             .enumerate()
-            .map(|(index, connections)| Worker {
+            .map(|(index, (connections, stats))| Worker {
                 index,
                 proxy: Arc::clone(&proxy),
                 connections: Arc::clone(connections),
+                stats: Arc::clone(stats),
                 routing: std::sync::Mutex::new(LocalRouting {
                     pool: proxy.pool.clone(),
                     local: pool::Local::new(Arc::clone(&proxy.pool.borrow().routing)),
@@ -127,6 +135,11 @@ impl Proxy {
 
     pub(crate) fn sticky_stats(&self) -> StickyStats {
         self.sticky.stats()
+    }
+
+    /// The balancer's own responses and the retries, over all workers.
+    pub(crate) fn traffic_stats(&self) -> TrafficStats {
+        TrafficStats::sum(self.stats.iter().map(|s| &**s))
     }
 
     /// Keeps each backend's count of active sessions current until `shutdown`.
@@ -178,6 +191,7 @@ pub(crate) struct Worker {
     index: usize,
     proxy: Arc<Proxy>,
     connections: Arc<Connections>,
+    stats: Arc<WorkerStats>,
     routing: std::sync::Mutex<LocalRouting>,
 }
 
@@ -207,6 +221,23 @@ impl Worker {
         });
     }
 
+    /// Counts a response the balancer made itself, to a request that arrived at `arrived`.
+    pub(crate) fn answered_own<B>(&self, resp: Response<B>, arrived: Instant) -> Response<B> {
+        self.stats
+            .own
+            .record(resp.status().as_u16(), arrived.elapsed());
+        resp
+    }
+
+    /// Counts a response the balancer made as soon as it read the request's head: it took
+    /// microseconds, counted as none, so that no clock is read for it.
+    pub(crate) fn answered_at_once<B>(&self, resp: Response<B>) -> Response<B> {
+        self.stats
+            .own
+            .record(resp.status().as_u16(), Duration::ZERO);
+        resp
+    }
+
     fn routing(&self) -> pool::Local {
         let mut r = self.routing.lock().unwrap_or_else(|e| e.into_inner());
         // An atomic load per request; the snapshot's lock only when something was published,
@@ -226,6 +257,7 @@ impl Worker {
         req: Request<Incoming>,
         client: &Client,
     ) -> Response<ResponseBody> {
+        let arrived = Instant::now();
         let mut routing = self.routing();
         let sticky = &self.proxy.sticky;
         if !routing.settled() && sticky.pending(req.headers(), &routing) {
@@ -237,7 +269,8 @@ impl Worker {
             routing = self.routing();
         }
         let Some(plan) = sticky.plan(req.headers(), client.peer, &routing) else {
-            return Error::NoBackend.respond().map(Either::Right);
+            let resp = Error::NoBackend.respond().map(Either::Right);
+            return self.answered_own(resp, arrived);
         };
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::upgrade_asked(&parts)
@@ -261,11 +294,13 @@ impl Worker {
         let req = Request::from_parts(parts, Either::Left(body));
         let upgrade = upgrade.map(|(_, on)| on);
         let sent = self
-            .send(&routing, &plan, req, attempt, replay, upgrade, client)
+            .send(
+                &routing, &plan, req, attempt, replay, upgrade, client, arrived,
+            )
             .await;
         let (mut resp, served) = match sent {
             Ok(served) => served,
-            Err(e) => return e.respond().map(Either::Right),
+            Err(e) => return self.answered_own(e.respond().map(Either::Right), arrived),
         };
         if resp.headers().contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: a Transfer-Encoding overrides any Content-Length. The body was
@@ -295,6 +330,7 @@ impl Worker {
         replay: Option<Replay>,
         mut upgrade: Option<OnUpgrade>,
         client: &Client,
+        arrived: Instant,
     ) -> Result<(Response<ResponseBody>, usize), Error> {
         let again = || {
             let (method, uri, headers) = replay.clone()?;
@@ -312,7 +348,12 @@ impl Worker {
             let t = self.proxy.timeouts.load();
             (t.response, t.body)
         };
+        // Why the request goes on to the next candidate: counted once it does.
+        let mut moving_on: Option<Failure> = None;
         'backends: for (tried, &index) in plan.candidates.as_slice().iter().enumerate() {
+            if let Some(failure) = moving_on.take() {
+                self.stats.retried(Decision::NextBackend, failure);
+            }
             let backend = &routing.backends[index];
             let addr = backend.addr;
             // A client connection's first request never rides a connection that served
@@ -328,14 +369,17 @@ impl Worker {
                 Err(source) => {
                     last = Some(self.unreachable(addr, source, tried + 1));
                     match attempt.decide(Failure::Connect) {
-                        Decision::NextBackend => continue,
+                        Decision::NextBackend => {
+                            moving_on = Some(Failure::Connect);
+                            continue;
+                        }
                         _ => break,
                     }
                 }
             };
             // The rule never asks to send again what it has no copy of.
             while let Some(request) = unsent.take().or_else(again) {
-                let guard = routing.begin_request(index, self.index);
+                let mut guard = routing.begin_request(index, self.index);
                 let reused = conn.reused;
                 let read_before = conn.bytes_read();
                 let sent = conn.send.try_send_request(request);
@@ -344,11 +388,16 @@ impl Worker {
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
                     {
                         match upgrade.take() {
-                            Some(on) => return Ok((tunnel(resp, on, conn, guard, client), index)),
+                            Some(on) => {
+                                let (status, took) = (resp.status().as_u16(), arrived.elapsed());
+                                routing.answered_now(index, self.index, status, took);
+                                return Ok((tunnel(resp, on, conn, guard, client), index));
+                            }
                             None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
                         }
                     }
                     Waited::Response(Ok(resp)) => {
+                        guard.answered(resp.status().as_u16(), arrived);
                         let (parts, body) = resp.into_parts();
                         let body = Paced::new(body, body_timeout);
                         let idle = Arc::clone(&self.connections);
@@ -393,18 +442,25 @@ impl Worker {
                     Decision::Fail => return Err(error),
                     Decision::NextBackend => {
                         last = Some(error);
+                        moving_on = Some(failure);
                         continue 'backends;
                     }
-                    Decision::Reconnect => match self.connections.connect(addr).await {
-                        Ok(c) => conn = c,
-                        Err(source) => {
-                            last = Some(self.unreachable(addr, source, tried + 1));
-                            match attempt.decide(Failure::Connect) {
-                                Decision::NextBackend => continue 'backends,
-                                _ => break 'backends,
+                    Decision::Reconnect => {
+                        self.stats.retried(decision, failure);
+                        match self.connections.connect(addr).await {
+                            Ok(c) => conn = c,
+                            Err(source) => {
+                                last = Some(self.unreachable(addr, source, tried + 1));
+                                match attempt.decide(Failure::Connect) {
+                                    Decision::NextBackend => {
+                                        moving_on = Some(Failure::Connect);
+                                        continue 'backends;
+                                    }
+                                    _ => break 'backends,
+                                }
                             }
                         }
-                    },
+                    }
                 }
             }
             break;

@@ -51,6 +51,27 @@ pub(crate) enum Failure {
     UnaskedUpgrade,
 }
 
+impl Failure {
+    /// Causes of a retry, as counted: bounded, unlike the errors behind them.
+    pub(crate) const CAUSES: [&str; 4] = ["connect", "unsent", "closed_idle", "other"];
+
+    /// The index in [`Failure::CAUSES`] of what this failure is, when it causes a retry:
+    /// no connection, a request handed back unwritten, a warm connection closed before any
+    /// answer (the idle race). The rule retries nothing else, so the rest is `other`.
+    pub(crate) fn cause(self) -> usize {
+        match self {
+            Failure::Connect => 0,
+            Failure::Exchange { unsent: true, .. } => 1,
+            Failure::Exchange {
+                unsent: false,
+                reused: true,
+                answered: false,
+            } => 2,
+            _ => 3,
+        }
+    }
+}
+
 /// What to do after a failed attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Decision {
@@ -213,5 +234,29 @@ mod tests {
             cases += 1;
         }
         assert_eq!(cases, 22);
+    }
+
+    /// Every failure the rule may retry has a cause of its own; only those that are never
+    /// retried fall into `other`.
+    #[test]
+    fn retry_causes() {
+        for (word, cause) in [
+            ("connect", "connect"),
+            ("unsent-warm", "unsent"),
+            ("unsent-fresh", "unsent"),
+            ("sent-warm", "closed_idle"),
+            ("sent-fresh", "other"),
+            ("answered-warm", "other"),
+            ("timeout", "other"),
+            ("gone", "other"),
+            ("client", "other"),
+            ("upgrade", "other"),
+        ] {
+            assert_eq!(Failure::CAUSES[failure(word).cause()], cause, "{word}");
+            let retried = [Method::GET, Method::POST]
+                .iter()
+                .any(|m| Attempt::new(m, true).decide(failure(word)) != Decision::Fail);
+            assert_eq!(retried, cause != "other", "{word}");
+        }
     }
 }

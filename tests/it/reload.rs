@@ -133,6 +133,20 @@ async fn twenty_reloads_under_load_fail_no_request_and_move_no_user() {
     let detail = h["reloads"]["last"]["detail"].to_string();
     assert!(detail.contains("balance.bounded_load"), "{detail}");
     assert!(detail.contains("discovery.subnets"), "{detail}");
+    // Prometheus sees the same counts.
+    let metrics = reqwest::get(lb.url("/_lb/metrics"))
+        .await
+        .expect("GET /_lb/metrics")
+        .text()
+        .await
+        .expect("the exposition");
+    for (result, n) in [("ok", expected.0), ("invalid", expected.1), ("refused", 0)] {
+        let line = format!("sweeplb_config_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line:?} missing from:\n{metrics}"
+        );
+    }
     assert_eq!(
         lb.healthy().await.len(),
         backends.len(),
