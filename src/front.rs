@@ -58,6 +58,8 @@ impl Service for Front {
             // A client that gets Host wrong is broken or probing: the connection ends here.
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            self.proxy
+                .log_answer(client, &parts.method, &parts.uri, &resp);
             return resp.map(Either::Right);
         }
         let req = Request::from_parts(parts, body);

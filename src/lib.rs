@@ -28,6 +28,8 @@
 //!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
 //!   small pieces several components share.
+//! - [`logging`]: the process's log lines (text or JSON, to stderr off the request path), for
+//!   the binary; the access log's events are the proxy's (`proxy/access.rs`).
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
 //!
 //! Invariants:
@@ -58,6 +60,7 @@ mod front;
 pub mod fuzzing;
 mod host;
 mod identity;
+pub mod logging;
 mod message;
 mod pool;
 mod proxy;
@@ -111,6 +114,7 @@ pub async fn run(
         workers(),
         settle_within,
     );
+    proxy.set_access_log(config.log.access);
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     tracing::info!(%listen, "listening");
     let fronts = front::Front::per_worker(&proxy, workers, &reader);

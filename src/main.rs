@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sweeplb::config::LogFormat;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -58,38 +59,51 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    match args.command {
-        Some(Command::Check) => check(&args.config),
-        Some(Command::Probe { url, timeout }) => {
-            exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
-        }
-        Some(Command::Webapp {
-            listen,
-            app,
-            drain_grace,
-            identity_secret_file,
-        }) => exit(
-            runtime()
-                .and_then(|rt| rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))),
-        ),
-        // The demo always runs its own loopback config, whatever --config says.
-        Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
-            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
-            Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
-        },
-        None => match sweeplb::config::load(&args.config) {
-            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(balance(config)))),
-            Err(e) => config_error(&args.config, &e),
-        },
-    }
+    let code =
+        match args.command {
+            Some(Command::Check) => check(&args.config),
+            Some(Command::Probe { url, timeout }) => {
+                let _log = start_log(LogFormat::Text);
+                exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
+            }
+            Some(Command::Webapp {
+                listen,
+                app,
+                drain_grace,
+                identity_secret_file,
+            }) => {
+                let _log = start_log(LogFormat::Text);
+                exit(runtime().and_then(|rt| {
+                    rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))
+                }))
+            }
+            // The demo always runs its own loopback config, whatever --config says.
+            Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
+                Ok(config) => {
+                    let _log = start_log(config.log().format);
+                    exit(runtime().and_then(|rt| rt.block_on(demo(config))))
+                }
+                Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
+            },
+            // The config is read first, so that the log is written as it says; its errors are
+            // printed plainly.
+            None => match sweeplb::config::load(&args.config) {
+                Ok(config) => {
+                    let _log = start_log(config.log().format);
+                    exit(runtime().and_then(|rt| rt.block_on(balance(config))))
+                }
+                Err(e) => config_error(&args.config, &e),
+            },
+        };
+    sweeplb::logging::flush();
+    code
+}
+
+/// Starts the log; the handle changes its format while running.
+fn start_log(format: LogFormat) -> Option<sweeplb::logging::Handle> {
+    sweeplb::logging::start(format)
+        .inspect_err(|e| eprintln!("cannot start the log: {e}"))
+        .ok()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -194,6 +208,7 @@ fn on_signal(token: CancellationToken) {
                 token.cancel();
             } else {
                 tracing::warn!("second signal: exiting now");
+                sweeplb::logging::flush();
                 std::process::exit(1);
             }
         }
