@@ -7,6 +7,7 @@ mod faults;
 mod forwarding;
 mod identity;
 mod lifecycle;
+mod logs;
 mod retry;
 mod sessions;
 mod smuggling;
