@@ -113,7 +113,7 @@ impl Access {
             backend = %Backend(self.backend),
             duration_ms,
             bytes = self.bytes,
-            session = self.session.as_str(),
+            session = %self.session.as_str(),
         );
     }
 }
