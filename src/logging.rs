@@ -56,7 +56,11 @@ pub enum Error {
 pub fn start(format: LogFormat) -> Result<Handle, Error> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    start_writing(format, filter, std::io::stderr(), ansi)
+    // Stderr is unbuffered: buffered, the writer thread makes one write(2) per batch of
+    // queued lines rather than one per line. It flushes whenever the queue is empty, so a line
+    // is never held back while the balancer is quiet.
+    let stderr = std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr());
+    start_writing(format, filter, stderr, ansi)
 }
 
 fn start_writing(
