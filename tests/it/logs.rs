@@ -10,7 +10,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::support::{Net, backend_ip, client, eventually, read_response, webapps};
+use crate::support::{
+    Net, backend_ip, client, custom, eventually, read_head, read_response, webapps,
+};
 
 /// The `sweeplb` binary balancing `net`, its stderr collected line by line.
 struct Process {
@@ -299,4 +301,34 @@ async fn no_access_lines_when_access_is_off_and_text_by_default() {
         );
         assert!(!line.contains("sweeplb::access"), "an access line: {line}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_mid_body_still_gets_its_access_line() {
+    let net = Net::new(182);
+    // Far more than the sockets between the backend and the client can buffer: the response
+    // cannot be over when the client leaves.
+    const LEN: usize = 64 << 20;
+    let body = bytes::Bytes::from(vec![b'x'; LEN]);
+    let _backend = custom(net.addr(10), move |_| {
+        let body = body.clone();
+        async move { http::Response::new(http_body_util::Full::new(body)) }
+    });
+    let lb = Process::start(&net, "log:\n  format: json\n  access: true\n");
+    lb.wait_routed(&[net.addr(10)]).await;
+
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    drop(s);
+
+    let line = access_line(&lb, 1).await;
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["backend"], net.addr(10).to_string(), "{line}");
+    let bytes = line["bytes"].as_u64().expect("bytes");
+    assert!(bytes < LEN as u64, "the whole body counted as sent: {line}");
+    lb.stop();
 }
