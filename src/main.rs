@@ -58,45 +58,49 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let code =
-        match args.command {
-            Some(Command::Check) => check(&args.config),
-            Some(Command::Probe { url, timeout }) => {
-                let _log = start_log(LogFormat::Text);
-                exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
-            }
-            Some(Command::Webapp {
-                listen,
-                app,
-                drain_grace,
-                identity_secret_file,
-            }) => {
-                let _log = start_log(LogFormat::Text);
-                exit(runtime().and_then(|rt| {
-                    rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))
-                }))
-            }
-            // The demo always runs its own loopback config, whatever --config says.
-            Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
-                Ok(config) => {
-                    let _log = start_log(config.log().format);
-                    exit(runtime().and_then(|rt| rt.block_on(demo(config))))
-                }
-                Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
-            },
-            // The config is read first, so that the log is written as it says; its errors are
-            // printed plainly.
-            None => match sweeplb::config::load(&args.config) {
-                Ok(config) => {
-                    let _log = start_log(config.log().format);
-                    exit(runtime().and_then(|rt| rt.block_on(balance(config))))
-                }
-                Err(e) => config_error(&args.config, &e),
-            },
-        };
+    let code = command(Args::parse());
     sweeplb::logging::flush();
     code
+}
+
+fn command(args: Args) -> ExitCode {
+    match args.command {
+        Some(Command::Check) => check(&args.config),
+        Some(Command::Probe { url, timeout }) => {
+            let _log = start_log(LogFormat::Text);
+            exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
+        }
+        Some(Command::Webapp {
+            listen,
+            app,
+            drain_grace,
+            identity_secret_file,
+        }) => {
+            let _log = start_log(LogFormat::Text);
+            exit(
+                runtime().and_then(|rt| {
+                    rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))
+                }),
+            )
+        }
+        // The demo always runs its own loopback config, whatever --config says.
+        Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
+            Ok(config) => {
+                let _log = start_log(config.log().format);
+                exit(runtime().and_then(|rt| rt.block_on(demo(config))))
+            }
+            Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
+        },
+        // The config is read first, so that the log is written as it says; its errors are
+        // printed plainly.
+        None => match sweeplb::config::load(&args.config) {
+            Ok(config) => {
+                let _log = start_log(config.log().format);
+                exit(runtime().and_then(|rt| rt.block_on(balance(config))))
+            }
+            Err(e) => config_error(&args.config, &e),
+        },
+    }
 }
 
 /// Starts the log; the handle changes its format while running.

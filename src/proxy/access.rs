@@ -1,5 +1,6 @@
 //! The access log (`log.access`): one event per request, target `sweeplb::access`, level info,
-//! written when its response is over: the body ended, failed, or the client went away.
+//! written when its response is over: the body ended, failed, or the client went away. A
+//! client that leaves before its answer is logged with status 499, as nginx does.
 //!
 //! Logged: requests forwarded to a backend, the answers the balancer gives in a backend's stead
 //! (503 with no backend, 502, 504, ...), and the 400 for a bad `Host`. Not logged: the admin
@@ -40,7 +41,8 @@ impl Session {
     }
 }
 
-/// One request's line, filled in as the request goes.
+/// One request's line, filled in as the request goes and written when it is dropped: every
+/// request begun is logged once, whichever way its response ends.
 pub(crate) struct Access {
     start: Instant,
     client: SocketAddr,
@@ -61,7 +63,7 @@ impl Access {
             client,
             method: method.clone(),
             path: uri.path().into(),
-            status: 0,
+            status: CLIENT_LEFT,
             backend: None,
             session: Session::NoKey,
             bytes: 0,
@@ -80,7 +82,7 @@ impl Access {
         self.session = session;
     }
 
-    /// The balancer answered `resp` itself, whole: the line is written now.
+    /// The balancer answered `resp` itself, whole: the line is written now, as `self` drops.
     pub(crate) fn answered_by_balancer<B: http_body::Body>(
         mut self,
         resp: &http::Response<B>,
@@ -91,16 +93,16 @@ impl Access {
         if self.method != Method::HEAD {
             self.bytes = resp.body().size_hint().exact().unwrap_or(0);
         }
-        self.log();
     }
 
     /// `n` more bytes of the response body went to the client.
     pub(crate) fn sent(&mut self, n: usize) {
         self.bytes += n as u64;
     }
+}
 
-    /// Writes the line.
-    pub(crate) fn log(&self) {
+impl Drop for Access {
+    fn drop(&mut self) {
         let took = self.start.elapsed();
         // Milliseconds to the microsecond: most answers take less than one.
         let duration_ms = took.as_micros() as f64 / 1000.0;
@@ -117,6 +119,9 @@ impl Access {
         );
     }
 }
+
+/// The status of a request whose client left before it was answered (nginx's).
+const CLIENT_LEFT: u16 = 499;
 
 /// Whether access lines would be written at all (`RUST_LOG` may silence the target).
 pub(crate) fn enabled() -> bool {

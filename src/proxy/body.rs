@@ -165,8 +165,8 @@ pin_project_lite::pin_project! {
         conn: Option<Conn>,
         idle: Arc<Connections>,
         guard: Option<InflightGuard>,
-        // The request's access line, written when the body ends, fails or is dropped (the
-        // client went away); `None` when the access log is off.
+        // The request's access line, written when the body ends or fails (taken and dropped),
+        // or with the body (the client went away); `None` when the access log is off.
         access: Option<Box<Access>>,
     }
 
@@ -177,9 +177,6 @@ pin_project_lite::pin_project! {
                 if this.inner.is_end_stream() {
                     this.idle.checkin(conn);
                 }
-            }
-            if let Some(access) = this.access.take() {
-                access.log();
             }
         }
     }
@@ -228,9 +225,7 @@ impl Body for Returning {
                     this.idle.checkin(conn);
                 }
                 this.guard.take();
-                if let Some(access) = this.access.take() {
-                    access.log();
-                }
+                drop(this.access.take());
             }
             Poll::Ready(Some(Err(e))) => {
                 // The rest of the response is lost: close the connection, cut the client's.
@@ -238,9 +233,7 @@ impl Body for Returning {
                     tracing::warn!(addr = %conn.addr, error = %e, "response body cut off");
                 }
                 this.guard.take();
-                if let Some(access) = this.access.take() {
-                    access.log();
-                }
+                drop(this.access.take());
             }
             Poll::Pending => {}
         }

@@ -320,7 +320,7 @@ impl Worker {
             match resp.body_mut() {
                 Either::Left(body) => body.log_to(access),
                 // A tunnel: its bytes are not the response's.
-                Either::Right(_) => access.log(),
+                Either::Right(_) => drop(access),
             }
         }
         resp

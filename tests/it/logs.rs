@@ -332,3 +332,29 @@ async fn a_client_that_leaves_mid_body_still_gets_its_access_line() {
     assert!(bytes < LEN as u64, "the whole body counted as sent: {line}");
     lb.stop();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_leaves_before_its_answer_is_logged_499() {
+    let net = Net::new(183);
+    let _backend = custom(net.addr(10), |req: crate::support::Request| async move {
+        if req.uri().path() != "/health" {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+        }
+        crate::support::text(200, "late")
+    });
+    let lb = Process::start(&net, "log:\n  format: json\n  access: true\n");
+    lb.wait_routed(&[net.addr(10)]).await;
+
+    let mut s = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(s);
+
+    let line = access_line(&lb, 1).await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["path"], "/slow", "{line}");
+    assert_eq!(line["bytes"], 0, "{line}");
+    lb.stop();
+}
