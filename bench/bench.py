@@ -40,6 +40,7 @@ LISTEN = {
     "haproxy": ("127.80.9.2", 18000),
     "nginx": ("127.80.9.3", 18000),
     "baseline": ("127.80.9.8", 18000),  # another sweeplb build, with --baseline
+    "access": ("127.80.9.10", 18000),  # this build with log.access on, with --access-log
     "direct": BACKEND,
 }
 SWEEP_PORT = 19000
@@ -359,7 +360,7 @@ def stub_accepts():
     return int(body.split(b"\n")[2].split()[0])
 
 
-def proxy_part(procs, work, quick, baseline=None):
+def proxy_part(procs, work, quick, baseline=None, access_log=False):
     ip, port = BACKEND
     backend = start_nginx(procs, work, "backend", 1, f"""
     server {{
@@ -376,18 +377,21 @@ def proxy_part(procs, work, quick, baseline=None):
     # Health checks are rare here (rise 1 joins on the first sweep) so that sweeplb's probes do
     # not show up in the backend's accept count while another proxy is measured: at most one
     # a minute, against tens of thousands of requests a round.
-    def sweeplb(name, binary):
+    def sweeplb(name, binary, extra=""):
         conf = sweeplb_conf(work, name, LISTEN[name], PROXY_RANGE, port, """  check_interval: 60s
   sweep_interval: 2s
   timeout: 500ms
   rise: 1
 timeouts:
   idle: 300s
-""")
+""" + extra)
         return start_sweeplb(procs, name, conf, binary)
 
     lb = sweeplb("sweeplb", SWEEPLB)
     base = sweeplb("baseline", baseline) if baseline else None
+    # The same build writing an access line per request; its stderr goes to WORK/access.log,
+    # as every process's output does (Procs.start).
+    acc = sweeplb("access", SWEEPLB, "log:\n  access: true\n") if access_log else None
     hconf = haproxy_conf(work, "haproxy", f"""
 frontend fe
     bind {LISTEN['haproxy'][0]}:{LISTEN['haproxy'][1]}
@@ -417,7 +421,7 @@ backend be
     }}
 """, LISTEN["nginx"])
     wait_port(LISTEN["haproxy"])
-    balancers = ["sweeplb"] + (["baseline"] if base else [])
+    balancers = ["sweeplb"] + (["baseline"] if base else []) + (["access"] if acc else [])
     for name in balancers:
         wait_port(LISTEN[name])
         # sweeplb must find its backend itself.
@@ -439,6 +443,8 @@ backend be
     ]
     if base:
         targets.append(Target("baseline", LISTEN["baseline"], lambda: [base.pid]))
+    if acc:
+        targets.append(Target("access", LISTEN["access"], lambda: [acc.pid]))
     proxies = [t for t in targets if t.pids]
     for t in targets:
         status, body, headers = http_get(t.addr, "/", {"Cookie": "sweeplb=bench"})
@@ -510,9 +516,20 @@ backend be
         r = measure(t, 1000, 1 if quick else 5, t.header)
         c1000[t.name] = r
     hwm1000 = {t.name: hwm_kib(t.pids) for t in proxies}
-    return {"results": results, "hwm64": hwm64, "hwm1000": hwm1000, "c1000": c1000, "fresh": fresh,
+    access_file = None
+    if acc:
+        path = os.path.join(work, "access.log")
+        # Every request measured went through the log (after lines are flushed at exit, the
+        # count is exact; before, a few may still be queued).
+        with open(path, "rb") as f:
+            lines = sum(1 for line in f if b"sweeplb::access" in line)
+        access_file = {"lines": lines, "bytes": os.path.getsize(path),
+                       "requests": sum(r["requests"] for (n, _), rs in results.items() if n == "access" for r in rs)}
+        if lines == 0:
+            raise SystemExit(f"bench: the access-log sweeplb wrote no access line to {path}")
+    return {"access_file": access_file, "results": results, "hwm64": hwm64, "hwm1000": hwm1000, "c1000": c1000, "fresh": fresh,
             "rounds": rounds, "secs64": secs64, "secs1": secs1,
-            "names": [t.name for t in targets], "stop": [p for p in (lb, base, hap, ng, backend) if p]}
+            "names": [t.name for t in targets], "stop": [p for p in (lb, base, acc, hap, ng, backend) if p]}
 
 
 # ---- part 2: sweep ----
@@ -943,6 +960,20 @@ def report(args, p1, p2, p3, p4, ring_text):
             w(f"This build against the baseline build (`--baseline`), per round: throughput "
               f"{med(t):.2f}× ({min(t):.2f}–{max(t):.2f}), CPU/request {med(c):.2f}× ({min(c):.2f}–{max(c):.2f}).")
             w("")
+        if "access" in names:
+            t = ratios("access", "rps", base="sweeplb")
+            c = [(x["cpu_s"] / x["requests"]) / (y["cpu_s"] / y["requests"])
+                 for x, y in zip(R[("access", 64)], R[("sweeplb", 64)]) if y["cpu_s"]]
+            t1 = ratios("access", "rps", conns=1, base="sweeplb")
+            af = p1["access_file"]
+            w(f"The access log's cost (`--access-log`: this build with `log.access: true`, its stderr "
+              f"to a file, against the same build without), per round at c=64: throughput "
+              f"{med(t):.2f}× ({min(t):.2f}–{max(t):.2f}), CPU/request {med(c):.2f}× "
+              f"({min(c):.2f}–{max(c):.2f}); at c=1 throughput {med(t1):.2f}× ({min(t1):.2f}–{max(t1):.2f}). "
+              f"{af['lines']:,} access lines, {af['bytes'] / max(af['lines'], 1):.0f} bytes each "
+              f"(text format), for {af['requests']:,} requests in the measured rounds (the rest: warm-up, "
+              f"first visits, c=1000).")
+            w("")
         fr = p1["fresh"]
         fs = [r for n, r in fr if n == "sweeplb"]
         fh = [r for n, r in fr if n == "haproxy"]
@@ -1082,6 +1113,8 @@ def main():
     ap.add_argument("--ring")
     ap.add_argument("--parts", default="proxy,sweep,react,balance")
     ap.add_argument("--baseline", help="another sweeplb binary to measure alongside in the proxy part")
+    ap.add_argument("--access-log", action="store_true",
+                    help="also measure this build with log.access on in the proxy part, against it without")
     args = ap.parse_args()
     procs = Procs(args.work)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -1090,7 +1123,7 @@ def main():
     t0 = time.monotonic()
     try:
         if "proxy" in parts:
-            p1 = proxy_part(procs, args.work, args.quick, args.baseline)
+            p1 = proxy_part(procs, args.work, args.quick, args.baseline, args.access_log)
             for p in p1.pop("stop"):
                 procs.stop(p)
             log(f"proxy part done at {time.monotonic() - t0:.0f}s")

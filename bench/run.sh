@@ -8,6 +8,8 @@
 #   bench/run.sh --no-ring  skip `cargo bench --bench ring` (the full run includes it)
 #   bench/run.sh --baseline=BIN   also measure another sweeplb binary (say, a build of main)
 #                           in the proxy part, interleaved, to see what a change is worth
+#   bench/run.sh --access-log     also measure this build with log.access on in the proxy
+#                           part, interleaved, against the same build without
 #
 # Every address it sends to or sweeps is in 127.0.0.0/8; every load is bounded in count and
 # time; every process it starts is recorded and ended on exit. See bench/README.md.
@@ -17,14 +19,16 @@ cd "$(dirname "$0")/.."
 quick=0
 ring=1
 baseline=
+access_log=0
 for arg in "$@"; do
     case "$arg" in
         --quick) quick=1 ;;
         --no-ring) ring=0 ;;
         --ring) ring=2 ;;
         --baseline=*) baseline="${arg#--baseline=}" ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
-        *) echo "run.sh: unknown argument $arg (expected --quick, --no-ring, --ring, --baseline=BIN)" >&2; exit 2 ;;
+        --access-log) access_log=1 ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
+        *) echo "run.sh: unknown argument $arg (expected --quick, --no-ring, --ring, --baseline=BIN, --access-log)" >&2; exit 2 ;;
     esac
 done
 # The quick run skips the hashing bench unless asked: compiling it is minutes, not seconds.
@@ -98,6 +102,7 @@ args=(--work "$work" --out "$out" --command "bench/run.sh $*")
 [ "$quick" = 1 ] && args+=(--quick)
 [ "$ring" != 0 ] && args+=(--ring "$ring_out")
 [ -n "$baseline" ] && args+=(--baseline "$(realpath "$baseline")")
+[ "$access_log" = 1 ] && args+=(--access-log)
 python3 bench/bench.py "${args[@]}" &
 driver=$!
 wait "$driver"

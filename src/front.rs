@@ -8,9 +8,10 @@
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header;
 use http::{HeaderValue, Request, Response, StatusCode};
-use http_body_util::Either;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -89,7 +90,7 @@ fn is_admin(path: &str) -> bool {
 }
 
 /// The answer to a request whose `Host` is wrong, if it is.
-fn bad_host(parts: &http::request::Parts, client: &Client) -> Option<Response<ResponseBody>> {
+fn bad_host(parts: &http::request::Parts, client: &Client) -> Option<Response<Full<Bytes>>> {
     let reason = proxy::host_problem(parts)?;
     debug!(peer = %client.peer, reason, "request refused");
     let body = serde_json::json!({ "error": reason, "status": 400 }).to_string();
@@ -97,7 +98,7 @@ fn bad_host(parts: &http::request::Parts, client: &Client) -> Option<Response<Re
     // A client that gets Host wrong is broken or probing: the connection ends here.
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    Some(resp.map(Either::Right))
+    Some(resp)
 }
 
 /// The service of the `admin.listen` listener: the admin endpoints and nothing else.
@@ -109,7 +110,7 @@ impl Service for AdminFront {
     async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
         let (parts, body) = req.into_parts();
         if let Some(resp) = bad_host(&parts, client) {
-            return resp;
+            return resp.map(Either::Right);
         }
         let req = Request::from_parts(parts, body);
         if is_admin(req.uri().path()) {
@@ -127,7 +128,9 @@ impl Service for Front {
         // 400, and one rule everywhere leaves nothing to learn about which paths are lenient.
         let (parts, body) = req.into_parts();
         if let Some(resp) = bad_host(&parts, client) {
-            return self.worker.answered_at_once(resp);
+            let proxy = &self.admin.proxy;
+            proxy.log_answer(client, &parts.method, &parts.uri, &resp);
+            return self.worker.answered_at_once(resp.map(Either::Right));
         }
         let req = Request::from_parts(parts, body);
         let path = req.uri().path();

@@ -32,6 +32,8 @@
 //!   HMAC a backend answers with, bound to its address; the prober checks it, the webapp makes it.
 //! - `host` (the host's networks) and `message` (our own JSON responses, reading a cookie):
 //!   small pieces several components share.
+//! - [`logging`]: the process's log lines (text or JSON, to stderr off the request path), for
+//!   the binary; the access log's events are the proxy's (`proxy/access.rs`).
 //! - [`webapp`] and [`demo`]: the demo backend and the one-command demo; not on the request path.
 //!
 //! Invariants:
@@ -64,6 +66,7 @@ mod front;
 pub mod fuzzing;
 mod host;
 mod identity;
+pub mod logging;
 mod message;
 mod pool;
 mod proxy;
@@ -135,6 +138,7 @@ pub async fn run_with_reload(
         workers(),
         settle_within,
     );
+    proxy.set_access_log(config.log.access);
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     let admin = std::sync::Arc::new(front::Admin {
         proxy: std::sync::Arc::clone(&proxy),

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use sweeplb::config::LogFormat;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -65,19 +66,17 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    let code = command(Args::parse());
+    sweeplb::logging::flush();
+    code
+}
+
+fn command(args: Args) -> ExitCode {
     match args.command {
         Some(Command::Check) => check(&args.config),
         Some(Command::Reload) => exit(signal_reload(args.pid_file.as_deref())),
         Some(Command::Probe { url, timeout }) => {
+            let _log = start_log(LogFormat::Text);
             exit(runtime().and_then(|rt| rt.block_on(probe(&url, timeout))))
         }
         Some(Command::Webapp {
@@ -85,22 +84,41 @@ fn main() -> ExitCode {
             app,
             drain_grace,
             identity_secret_file,
-        }) => exit(
-            runtime()
-                .and_then(|rt| rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))),
-        ),
+        }) => {
+            let _log = start_log(LogFormat::Text);
+            exit(
+                runtime().and_then(|rt| {
+                    rt.block_on(webapp(listen, app, drain_grace, identity_secret_file))
+                }),
+            )
+        }
         // The demo always runs its own loopback config, whatever --config says.
         Some(Command::Demo) => match sweeplb::config::parse(sweeplb::demo::CONFIG) {
-            Ok(config) => exit(runtime().and_then(|rt| rt.block_on(demo(config)))),
+            Ok(config) => {
+                let _log = start_log(config.log().format);
+                exit(runtime().and_then(|rt| rt.block_on(demo(config))))
+            }
             Err(e) => config_error(std::path::Path::new("(built-in demo config)"), &e),
         },
+        // The config is read first, so that the log is written as it says; its errors are
+        // printed plainly.
         None => match sweeplb::config::load(&args.config) {
-            Ok(config) => exit(runtime().and_then(|rt| {
-                rt.block_on(balance(config, &args.config, args.pid_file.as_deref()))
-            })),
+            Ok(config) => {
+                let log = start_log(config.log().format);
+                exit(runtime().and_then(|rt| {
+                    rt.block_on(balance(config, &args.config, args.pid_file.as_deref(), log))
+                }))
+            }
             Err(e) => config_error(&args.config, &e),
         },
     }
+}
+
+/// Starts the log; the handle changes its format while running.
+fn start_log(format: LogFormat) -> Option<sweeplb::logging::Handle> {
+    sweeplb::logging::start(format)
+        .inspect_err(|e| eprintln!("cannot start the log: {e}"))
+        .ok()
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -205,6 +223,7 @@ fn on_signal(token: CancellationToken) {
                 token.cancel();
             } else {
                 tracing::warn!("second signal: exiting now");
+                sweeplb::logging::flush();
                 std::process::exit(1);
             }
         }
@@ -223,6 +242,7 @@ async fn balance(
     config: sweeplb::Config,
     path: &std::path::Path,
     pid_file: Option<&std::path::Path>,
+    log: Option<sweeplb::logging::Handle>,
 ) -> anyhow::Result<()> {
     raise_fd_limit();
     let listener = TcpListener::bind(config.listen())
@@ -233,7 +253,7 @@ async fn balance(
     let (reload, reloads) = sweeplb::reload::channel();
     // Listening for SIGHUP before the pid file exists: a reload sent as soon as the file
     // appears must not meet SIGHUP's default action, which ends the process.
-    on_hangup(reload, path.to_path_buf())?;
+    on_hangup(reload, path.to_path_buf(), log)?;
     let pid_file = pid_file.map(PidFile::write).transpose()?;
     let result = sweeplb::run_with_reload(config, listener, reloads, shutdown).await;
     drop(pid_file);
@@ -243,8 +263,13 @@ async fn balance(
 }
 
 /// SIGHUP reloads the config file at `path` with the rules of `check`: an invalid file is
-/// logged, problem by problem, and the running config stays.
-fn on_hangup(reload: sweeplb::reload::Reload, path: PathBuf) -> anyhow::Result<()> {
+/// logged, problem by problem, and the running config stays. The library applies everything
+/// but the log's format, which is the binary's: it is switched here.
+fn on_hangup(
+    reload: sweeplb::reload::Reload,
+    path: PathBuf,
+    log: Option<sweeplb::logging::Handle>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
     tokio::spawn(async move {
@@ -252,8 +277,9 @@ fn on_hangup(reload: sweeplb::reload::Reload, path: PathBuf) -> anyhow::Result<(
             tracing::info!(config = %path.display(), "SIGHUP: reloading the config");
             match reload.file(&path).await {
                 sweeplb::reload::Outcome::Applied { config, .. } => {
-                    // Log settings are applied where logging is set up; the lead wires it.
-                    tracing::debug!(log = ?config.log(), "reloaded log settings");
+                    if let Some(Err(e)) = log.as_ref().map(|l| l.apply(config.log())) {
+                        tracing::error!(error = %e, "log.format: cannot switch the log's format");
+                    }
                 }
                 sweeplb::reload::Outcome::NotRunning => break,
                 _ => {}

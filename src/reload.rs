@@ -255,6 +255,7 @@ async fn swap(running: &mut Config, new: Config, live: &Live) -> Outcome {
     }
     live.proxy
         .reconfigure(new.balance.clone(), new.timeouts.clone());
+    live.proxy.set_access_log(new.log.access);
     live.server.store(Arc::new(crate::server_settings(&new)));
     live.admin.store(Arc::new(new.admin.clone()));
     if changed.is_empty() {

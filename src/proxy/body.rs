@@ -1,6 +1,6 @@
 //! The bodies on the forwarding path: a streamed body with a stall deadline ([`Paced`]), and
 //! a backend's response on its way to the client that returns its connection once read to
-//! the end ([`Returning`]).
+//! the end and writes the request's access line once over ([`Returning`]).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use super::access::Access;
 use super::upstream::{Conn, Connections};
 use crate::pool::InflightGuard;
 use crate::server::BoxError;
@@ -164,6 +165,9 @@ pin_project_lite::pin_project! {
         conn: Option<Conn>,
         idle: Arc<Connections>,
         guard: Option<InflightGuard>,
+        // The request's access line, written when the body ends or fails (taken and dropped),
+        // or with the body (the client went away); `None` when the access log is off.
+        access: Option<Box<Access>>,
     }
 
     impl PinnedDrop for Returning {
@@ -190,7 +194,13 @@ impl Returning {
             conn: Some(conn),
             idle,
             guard: Some(guard),
+            access: None,
         }
+    }
+
+    /// Counts the bytes the client is sent into `access`, and writes it when the body is over.
+    pub(crate) fn log_to(&mut self, access: Box<Access>) {
+        self.access = Some(access);
     }
 }
 
@@ -205,11 +215,17 @@ impl Body for Returning {
         let this = self.project();
         let polled = this.inner.poll_frame(cx);
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(access), Some(data)) = (this.access.as_mut(), frame.data_ref()) {
+                    access.sent(data.len());
+                }
+            }
             Poll::Ready(None) => {
                 if let Some(conn) = this.conn.take() {
                     this.idle.checkin(conn);
                 }
                 this.guard.take();
+                drop(this.access.take());
             }
             Poll::Ready(Some(Err(e))) => {
                 // The rest of the response is lost: close the connection, cut the client's.
@@ -217,8 +233,9 @@ impl Body for Returning {
                     tracing::warn!(addr = %conn.addr, error = %e, "response body cut off");
                 }
                 this.guard.take();
+                drop(this.access.take());
             }
-            _ => {}
+            Poll::Pending => {}
         }
         polled
     }

@@ -9,6 +9,7 @@
 //! The proxy serves no sockets of its own: [`crate::server`] accepts and drains, and calls a
 //! [`Worker`] per request.
 
+mod access;
 mod body;
 mod error;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -22,7 +23,7 @@ mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -41,6 +42,7 @@ use tracing::debug;
 use crate::config::{Balance, Timeouts};
 use crate::pool::{self, Backend, Report};
 use crate::server::Client;
+use access::{Access, Session};
 use body::{ClientFault, Fault, Paced, RequestBody, Returning};
 pub(crate) use error::Error;
 pub(crate) use headers::host_problem;
@@ -69,6 +71,8 @@ pub(crate) struct Proxy {
     reports: mpsc::Sender<Report>,
     /// By when the pool will have settled after start, at the latest.
     settles_by: tokio::time::Instant,
+    /// `log.access`: read once per request, changed at run time by a reload.
+    access_log: AtomicBool,
 }
 
 /// Upstream connection counters over all workers, for `/_lb/health`.
@@ -103,6 +107,7 @@ impl Proxy {
             timeouts: ArcSwap::from_pointee(timeouts),
             reports,
             settles_by: tokio::time::Instant::now() + settle_within,
+            access_log: AtomicBool::new(false),
         });
         let workers = proxy
             .connections
@@ -131,6 +136,30 @@ impl Proxy {
             c.set_timeouts(timeouts.connect, timeouts.idle);
         }
         self.timeouts.store(Arc::new(timeouts));
+    }
+
+    /// Turns the access log on or off for the requests that begin from now on.
+    pub(crate) fn set_access_log(&self, on: bool) {
+        self.access_log.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether a request beginning now is logged: `log.access`, unless `RUST_LOG` silences the
+    /// access target. When it is off, this is one relaxed load.
+    fn access_log(&self) -> bool {
+        self.access_log.load(Ordering::Relaxed) && access::enabled()
+    }
+
+    /// Logs an answer the front gave without asking the proxy (a bad `Host`, say).
+    pub(crate) fn log_answer(
+        &self,
+        client: &Client,
+        method: &Method,
+        uri: &Uri,
+        resp: &Response<Full<Bytes>>,
+    ) {
+        if self.access_log() {
+            Access::begin(client.peer, method, uri).answered_by_balancer(resp, Session::NoKey);
+        }
     }
 
     pub(crate) fn sticky_stats(&self) -> StickyStats {
@@ -258,6 +287,10 @@ impl Worker {
         client: &Client,
     ) -> Response<ResponseBody> {
         let arrived = Instant::now();
+        let mut access = self
+            .proxy
+            .access_log()
+            .then(|| Box::new(Access::begin(client.peer, req.method(), req.uri())));
         let mut routing = self.routing();
         let sticky = &self.proxy.sticky;
         if !routing.settled() && sticky.pending(req.headers(), &routing) {
@@ -269,8 +302,11 @@ impl Worker {
             routing = self.routing();
         }
         let Some(plan) = sticky.plan(req.headers(), client.peer, &routing) else {
-            let resp = Error::NoBackend.respond().map(Either::Right);
-            return self.answered_own(resp, arrived);
+            let resp = Error::NoBackend.respond();
+            if let Some(access) = access {
+                access.answered_by_balancer(&resp, Session::NoKey);
+            }
+            return self.answered_own(resp.map(Either::Right), arrived);
         };
         let (mut parts, body) = req.into_parts();
         let upgrade = headers::upgrade_asked(&parts)
@@ -300,8 +336,18 @@ impl Worker {
             .await;
         let (mut resp, served) = match sent {
             Ok(served) => served,
-            Err(e) => return self.answered_own(e.respond().map(Either::Right), arrived),
+            Err(e) => {
+                let resp = e.respond();
+                if let Some(access) = access {
+                    access.answered_by_balancer(&resp, plan.session(None));
+                }
+                return self.answered_own(resp.map(Either::Right), arrived);
+            }
         };
+        if let Some(access) = &mut access {
+            let backend = routing.backends[served].addr;
+            access.answered(resp.status(), Some(backend), plan.session(Some(served)));
+        }
         if resp.headers().contains_key(header::TRANSFER_ENCODING) {
             // RFC 9112 §6.3: a Transfer-Encoding overrides any Content-Length. The body was
             // decoded by its Transfer-Encoding and is framed anew for the client, so a
@@ -314,6 +360,13 @@ impl Worker {
         }
         if let Some(cookie) = sticky.served(plan, &routing, served) {
             resp.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        if let Some(access) = access {
+            match resp.body_mut() {
+                Either::Left(body) => body.log_to(access),
+                // A tunnel: its bytes are not the response's.
+                Either::Right(_) => drop(access),
+            }
         }
         resp
     }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use http::header::{HeaderMap, HeaderValue};
 
+use super::access::Session;
 use super::retry::MAX_BACKENDS_TRIED;
 use super::sessions::Sessions;
 use crate::balancer::pin::{self, Cookie, Route};
@@ -58,6 +59,24 @@ impl Candidates {
 
     pub(crate) fn as_slice(&self) -> &[usize] {
         &self.order[..self.len]
+    }
+}
+
+impl Plan {
+    /// What the access log says of the session, once `served` answered (`None`: the balancer
+    /// did).
+    pub(crate) fn session(&self, served: Option<usize>) -> Session {
+        if self.cookie_key.is_none() {
+            return Session::NoKey;
+        }
+        match (self.route, served) {
+            (Route::First, _) => Session::New,
+            (Route::Pinned(pin) | Route::Repin(pin), Some(served)) if pin == served => {
+                Session::Pinned
+            }
+            (Route::Pinned(_) | Route::Repin(_), None) => Session::Pinned,
+            _ => Session::Moved,
+        }
     }
 }
 
@@ -256,4 +275,48 @@ fn now_secs() -> u64 {
 /// How long ago Unix second `at` was; a pin from the future is new.
 fn age(at: u64) -> Duration {
     Duration::from_secs(now_secs().saturating_sub(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(route: Route, cookie: bool) -> Plan {
+        Plan {
+            hash: 0,
+            candidates: Candidates::default(),
+            route,
+            cookie_key: cookie.then(|| "k".to_string()),
+            track: true,
+        }
+    }
+
+    #[test]
+    fn the_access_log_session_follows_the_pin_and_who_answered() {
+        use Session::*;
+        let moved = Route::Move(crate::balancer::Moved::ALL[0]);
+        #[rustfmt::skip]
+        let table = [
+            // route,              cookie, served,  session
+            (Route::First,         true,  Some(1), New),
+            (Route::First,         true,  None,    New),
+            (Route::Pinned(1),     true,  Some(1), Pinned),
+            (Route::Pinned(1),     true,  Some(2), Moved),
+            (Route::Pinned(1),     true,  None,    Pinned),
+            (Route::Repin(1),      true,  Some(1), Pinned),
+            (Route::Repin(1),      true,  Some(2), Moved),
+            (moved,                true,  Some(1), Moved),
+            (moved,                true,  None,    Moved),
+            (Route::Transient,     true,  Some(1), Moved),
+            (Route::First,         false, Some(1), NoKey),
+            (Route::Pinned(1),     false, Some(1), NoKey),
+        ];
+        for (route, cookie, served, want) in table {
+            assert_eq!(
+                plan(route, cookie).session(served),
+                want,
+                "{route:?}, cookie {cookie}, served {served:?}"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@ mod faults;
 mod forwarding;
 mod identity;
 mod lifecycle;
+mod logs;
 mod metrics;
 mod reload;
 mod retry;
