@@ -225,7 +225,8 @@ pub async fn run(config: crate::Config, shutdown: CancellationToken) -> Result<(
         d.rise,
         d.fall
     );
-    println!("  open {base}/ in a browser (reload: sessionViews counts up), and {base}/_lb/health");
+    println!("  open {base}/ in a browser (reload: sessionViews counts up)");
+    println!("  and {base}/_lb/ to watch the pool live ({base}/_lb/metrics for Prometheus)");
     println!();
 
     let story = async {

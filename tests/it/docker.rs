@@ -238,6 +238,41 @@ async fn compose_lab(tag: &str) {
         crowd.seen.iter().all(|s| s.views == 5),
         "every user counted 1..5 without a reset"
     );
+
+    // 2b. Operating it in the scratch container: SIGHUP reloads (the same file: nothing
+    // changes, and nobody moves), the dashboard and the metrics are served from the binary.
+    run(&mut lab.command(&["kill", "-s", "HUP", "balancer"]));
+    let (health, _) = lb
+        .wait(FEW_SECONDS, "the SIGHUP reload counted", |h| {
+            h.body["reloads"]["ok"] == 1
+        })
+        .await;
+    assert_eq!(health.healthy, webapps, "a reload changed the pool");
+    crowd.round("after a reload").await;
+    assert_clean(&crowd, "after a reload");
+    let page = client()
+        .get(format!("{base}/_lb/"))
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .expect("GET /_lb/");
+    assert_eq!(
+        page.headers()["content-type"],
+        "text/html; charset=utf-8",
+        "the dashboard"
+    );
+    let metrics = client()
+        .get(format!("{base}/_lb/metrics"))
+        .send()
+        .await
+        .expect("GET /_lb/metrics")
+        .text()
+        .await
+        .expect("the exposition");
+    assert!(
+        metrics.contains(r#"sweeplb_config_reloads_total{result="ok"} 1"#),
+        "{metrics}"
+    );
     let initial = spread(&crowd);
     assert_eq!(
         initial.keys().copied().collect::<BTreeSet<_>>(),
