@@ -6,6 +6,8 @@
 # not in them (bench/run.sh measures utime+stime).
 #
 #   bench/profile.sh            writes bench/results/profile-*.txt and prints the summary
+#   bench/profile.sh --binary=PATH   profiles another sweeplb build (say, the one before a
+#                               change) instead of building this tree's; same output files
 #
 # Loopback only (127.80.3.0/29 and 127.80.9.6-7), bounded (wrk -d), cleaned up on exit.
 # perf is not used because this machine's perf cannot read hardware counters
@@ -22,7 +24,16 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-cargo build --release --quiet --bin sweeplb
+sweeplb=target/release/sweeplb
+for arg in "$@"; do
+    case "$arg" in
+        --binary=*) sweeplb="${arg#--binary=}" ;;
+        *) echo "profile.sh: unknown argument $arg (expected --binary=PATH)" >&2; exit 2 ;;
+    esac
+done
+if [ "$sweeplb" = target/release/sweeplb ]; then
+    cargo build --release --quiet --bin sweeplb
+fi
 
 work=$(mktemp -d /tmp/sweeplb-profile.XXXXXX)
 pids=()
@@ -134,6 +145,6 @@ profile() { # name, listen, argv...
 }
 
 ready "$backend/health"
-profile sweeplb 127.80.9.6:18100 target/release/sweeplb --config "$work/sweeplb.yaml"
+profile sweeplb 127.80.9.6:18100 "$sweeplb" --config "$work/sweeplb.yaml"
 profile haproxy 127.80.9.7:18100 haproxy -db -f "$work/haproxy.cfg"
 echo "annotated profiles: bench/results/profile-sweeplb.txt, bench/results/profile-haproxy.txt"
