@@ -217,8 +217,11 @@ async fn the_exposition_passes_promtool_and_counts_what_happened() {
         let all = samples(&text);
         let leaving = value(&all, "sweeplb_backends", &[("state", "leaving")]);
         let sweeps = value(&all, "sweeplb_sweeps_total", &[]);
+        // The counter is the prober's, the last sweep's gauges come with the next snapshot it
+        // publishes (within 200 ms): wait for both.
+        let published = value(&all, "sweeplb_last_sweep_addresses", &[]).is_some();
         match (leaving, sweeps) {
-            (Some(1.0), Some(n)) if n >= 1.0 => Ok(text),
+            (Some(1.0), Some(n)) if n >= 1.0 && published => Ok(text),
             _ => Err(format!(
                 "b is not leaving, or no sweep finished: {leaving:?} {sweeps:?}"
             )),
