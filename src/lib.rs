@@ -113,9 +113,13 @@ pub async fn run_with_reload(
     let tasks = TaskTracker::new();
     let prober_stop = CancellationToken::new();
     let pins = balancer::PinKey::new(config.balance.pin_secret.as_ref().map(|s| s.0.as_str()));
+    let mut own = vec![listen];
+    if let Some(admin) = &admin_listener {
+        own.push(admin.local_addr()?);
+    }
     tasks.spawn(discovery::run(
         config.discovery.clone(),
-        listen,
+        own,
         pins,
         discovery::Links {
             pool: writer,

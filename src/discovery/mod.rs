@@ -58,6 +58,11 @@ const PUBLISH_EVERY: Duration = Duration::from_millis(200);
 /// How often the sweep pacer wakes while a round is being launched.
 const PACE_TICK: Duration = Duration::from_millis(5);
 
+/// The addresses of `listeners` at the probed `port`: the balancer's own, never probed.
+fn own(listeners: &[SocketAddr], port: u16) -> impl Iterator<Item = IpNet> {
+    listeners.iter().flat_map(move |l| own_addresses(*l, port))
+}
+
 /// What a finished probe task hands back: why it ran, where, how long it took, what it saw.
 type Probed = (Kind, SocketAddr, Duration, Result<Answer, Failure>);
 
@@ -104,8 +109,8 @@ struct Round {
 struct Scheduler {
     /// Shared with every probe task; a /16 round spawns 65,534 of them.
     d: Arc<Discovery>,
-    /// The balancer's own address, never probed.
-    listen: SocketAddr,
+    /// The balancer's own listeners (public and admin), never probed.
+    listeners: Vec<SocketAddr>,
     /// The configured ranges, addressed by position.
     targets: Targets,
     /// The walk over `targets`, fixed at start so each address is swept once per interval.
@@ -157,10 +162,11 @@ pub(crate) struct Links {
     pub(crate) stats: Arc<Stats>,
 }
 
-/// Runs until `shutdown` is cancelled. `listen` is the balancer's own address, never probed.
+/// Runs until `shutdown` is cancelled. `listeners` are the balancer's own addresses (the public
+/// one and the admin one), never probed.
 pub(crate) async fn run(
     d: Discovery,
-    listen: SocketAddr,
+    listeners: Vec<SocketAddr>,
     pins: PinKey,
     links: Links,
     shutdown: CancellationToken,
@@ -173,13 +179,13 @@ pub(crate) async fn run(
     } = links;
     let targets = Targets::new(&d.subnets);
     let mut skip = d.exclude.clone();
-    skip.extend(own_addresses(listen, d.port));
+    skip.extend(own(&listeners, d.port));
     let now = Instant::now();
     let mut p = Scheduler {
         order: Order::random(targets.len()),
         targets,
         skip,
-        listen,
+        listeners,
         members: BTreeMap::new(),
         recently_left: Vec::new(),
         departed: std::collections::VecDeque::new(),
@@ -256,7 +262,7 @@ impl Scheduler {
     fn reconfigure(&mut self, d: Discovery, now: Instant) {
         let targets = Targets::new(&d.subnets);
         let mut skip = d.exclude.clone();
-        skip.extend(own_addresses(self.listen, d.port));
+        skip.extend(own(&self.listeners, d.port));
         let outside: Vec<SocketAddr> = self
             .members
             .keys()

@@ -5,6 +5,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
@@ -129,6 +130,40 @@ async fn with_admin_listen_the_public_side_answers_only_live() {
         seen.load(Ordering::SeqCst),
         0,
         "the admin listener forwarded"
+    );
+
+    // The admin listener is in the swept range at the probed port: like the public one, the
+    // sweep leaves it alone. Probed, it would answer 404 (a "status" failure) every round.
+    let metric = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    let sweeps = r#"sweeplb_sweeps_total{pool="default"}"#;
+    let probed = r#"sweeplb_probes_total{pool="default",kind="sweep",result="status"}"#;
+    let scraper = reqwest::Client::builder()
+        .no_proxy()
+        .local_address(inside)
+        .build()
+        .unwrap();
+    let text = crate::support::eventually(Duration::from_secs(10), async || {
+        let resp = scraper
+            .get(format!("http://{admin}/_lb/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        match metric(&text, sweeps) {
+            n if status == 200 && n >= 2.0 => Ok(text),
+            n => Err(format!("{n} sweeps so far ({status})")),
+        }
+    })
+    .await;
+    assert_eq!(
+        metric(&text, probed),
+        0.0,
+        "the admin listener was probed:\n{text}"
     );
     lb.stop().await;
 }
