@@ -413,6 +413,9 @@ pub(crate) struct Departure {
     pub(crate) addr: SocketAddr,
     pub(crate) at: SystemTime,
     pub(crate) reason: String,
+    /// The backend it was, with its final counts: the metrics export it for a while, even if
+    /// it joined and left between two scrapes. `None` if it left before it was a member.
+    pub(crate) backend: Option<Arc<Backend>>,
 }
 
 #[derive(Debug, Clone)]

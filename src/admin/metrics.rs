@@ -16,7 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
@@ -87,13 +87,16 @@ struct Seen {
 }
 
 impl Seen {
-    /// Takes in the members of the snapshot scraped at `now`; returns the departed backends to
-    /// export beside them. One that left more than `keep` ago is forgotten, as is the oldest
-    /// beyond [`MAX_DEPARTED`], and any with the address of a member (a backend back at its
-    /// address, or another instance there): two series with the same labels would be invalid.
+    /// Takes in the members of the snapshot scraped at `now`, and the backends it lists as
+    /// recently left with how long ago they left; returns the departed backends to export
+    /// beside the members. The recently left catch a backend that joined and left between two
+    /// scrapes. One that left more than `keep` ago is forgotten, as is the oldest beyond
+    /// [`MAX_DEPARTED`], and any with the address of a member (a backend back at its address,
+    /// or another instance there): two series with the same labels would be invalid.
     fn update(
         &mut self,
         members: &[Arc<Backend>],
+        left: &[(Arc<Backend>, Duration)],
         now: Instant,
         keep: Duration,
     ) -> Vec<Arc<Backend>> {
@@ -106,6 +109,18 @@ impl Seen {
                 self.departed.push_back((gone, now));
             }
         }
+        let known: HashSet<*const Backend> =
+            self.departed.iter().map(|(d, _)| Arc::as_ptr(d)).collect();
+        for (gone, ago) in left {
+            let unseen =
+                !known.contains(&Arc::as_ptr(gone)) && !current.contains(&Arc::as_ptr(gone));
+            if unseen && *ago < keep {
+                let at = now.checked_sub(*ago).unwrap_or(now);
+                self.departed.retain(|(d, _)| d.addr != gone.addr);
+                self.departed.push_back((Arc::clone(gone), at));
+            }
+        }
+        self.departed.make_contiguous().sort_by_key(|(_, at)| *at);
         self.members = members.to_vec();
         self.departed.retain(|(d, at)| {
             now.saturating_duration_since(*at) < keep && !addrs.contains(&d.addr)
@@ -132,11 +147,20 @@ pub(super) fn metrics(s: &Sources<'_>) -> Response<Full<Bytes>> {
         .iter()
         .map(|m| Arc::clone(&m.backend))
         .collect();
+    let wall = SystemTime::now();
+    let left: Vec<(Arc<Backend>, Duration)> = snapshot
+        .recently_left
+        .iter()
+        .filter_map(|d| {
+            let ago = wall.duration_since(d.at).unwrap_or_default();
+            Some((Arc::clone(d.backend.as_ref()?), ago))
+        })
+        .collect();
     let departed = metrics
         .seen
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .update(&members, Instant::now(), s.keep_departed);
+        .update(&members, &left, Instant::now(), s.keep_departed);
     let scrape = Scrape {
         snapshot: Arc::clone(snapshot),
         backends: members.into_iter().chain(departed).collect(),
@@ -524,16 +548,64 @@ mod tests {
         let t0 = Instant::now();
         let (a, b, c) = (backend(1), backend(2), backend(3));
         let mut seen = Seen::default();
-        assert!(seen.update(&[a.clone(), b.clone()], t0, keep).is_empty());
-        let gone = seen.update(std::slice::from_ref(&a), t0 + Duration::from_secs(1), keep);
+        assert!(
+            seen.update(&[a.clone(), b.clone()], &[], t0, keep)
+                .is_empty()
+        );
+        let gone = seen.update(
+            std::slice::from_ref(&a),
+            &[],
+            t0 + Duration::from_secs(1),
+            keep,
+        );
         assert_eq!(addrs(&gone), [2]);
-        let gone = seen.update(std::slice::from_ref(&c), t0 + Duration::from_secs(30), keep);
+        let gone = seen.update(
+            std::slice::from_ref(&c),
+            &[],
+            t0 + Duration::from_secs(30),
+            keep,
+        );
         assert_eq!(addrs(&gone), [2, 1]);
         // b left at 1 s, a at 30 s.
-        let gone = seen.update(std::slice::from_ref(&c), t0 + Duration::from_secs(61), keep);
+        let gone = seen.update(
+            std::slice::from_ref(&c),
+            &[],
+            t0 + Duration::from_secs(61),
+            keep,
+        );
         assert_eq!(addrs(&gone), [1]);
-        let gone = seen.update(&[c], t0 + Duration::from_secs(90), keep);
+        let gone = seen.update(&[c], &[], t0 + Duration::from_secs(90), keep);
         assert!(gone.is_empty());
+    }
+
+    #[test]
+    fn a_backend_that_came_and_went_between_scrapes_is_exported_from_the_departures() {
+        let keep = Duration::from_secs(60);
+        let t0 = Instant::now() + Duration::from_secs(100);
+        let (a, brief, old) = (backend(1), backend(2), backend(3));
+        let mut seen = Seen::default();
+        assert!(
+            seen.update(std::slice::from_ref(&a), &[], t0, keep)
+                .is_empty()
+        );
+        // `brief` joined and left within the 10 s between two scrapes; `old` left long ago.
+        let left = [
+            (brief.clone(), Duration::from_secs(4)),
+            (old.clone(), Duration::from_secs(70)),
+        ];
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(
+            addrs(&seen.update(std::slice::from_ref(&a), &left, t1, keep)),
+            [2]
+        );
+        // Listed as departed again at the next scrapes, it is exported once, and forgotten
+        // `keep` after it left, not after it was first seen.
+        let later = |s: u64| (brief.clone(), Duration::from_secs(4 + s));
+        let t2 = t1 + Duration::from_secs(10);
+        let gone = seen.update(std::slice::from_ref(&a), &[later(10)], t2, keep);
+        assert_eq!(addrs(&gone), [2]);
+        let t3 = t1 + Duration::from_secs(57);
+        assert!(seen.update(&[a], &[later(57)], t3, keep).is_empty());
     }
 
     #[test]
@@ -541,9 +613,9 @@ mod tests {
         let keep = Duration::from_secs(60);
         let t0 = Instant::now();
         let mut seen = Seen::default();
-        seen.update(&[backend(1)], t0, keep);
-        assert_eq!(addrs(&seen.update(&[], t0, keep)), [1]);
-        assert!(seen.update(&[backend(1)], t0, keep).is_empty());
+        seen.update(&[backend(1)], &[], t0, keep);
+        assert_eq!(addrs(&seen.update(&[], &[], t0, keep)), [1]);
+        assert!(seen.update(&[backend(1)], &[], t0, keep).is_empty());
     }
 
     #[test]
@@ -558,8 +630,8 @@ mod tests {
                     Arc::new(Backend::new(addr, None, &PinKey::new(None)))
                 })
                 .collect();
-            seen.update(&members, t0, keep);
+            seen.update(&members, &[], t0, keep);
         }
-        assert_eq!(seen.update(&[], t0, keep).len(), MAX_DEPARTED);
+        assert_eq!(seen.update(&[], &[], t0, keep).len(), MAX_DEPARTED);
     }
 }

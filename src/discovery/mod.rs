@@ -588,7 +588,7 @@ impl Scheduler {
                 if let Some(why) = why {
                     self.stats.left(why);
                 }
-                if let Some(t) = self.members.remove(&addr) {
+                let backend = self.members.remove(&addr).map(|t| {
                     pool::retire(&t.backend);
                     let why = if t.health.draining {
                         Moved::Drained
@@ -596,13 +596,15 @@ impl Scheduler {
                         Moved::BackendLeft
                     };
                     self.departed.push_back((t.backend.pin, why));
-                }
+                    t.backend
+                });
                 self.recently_left.insert(
                     0,
                     Departure {
                         addr,
                         at: SystemTime::now(),
                         reason,
+                        backend,
                     },
                 );
                 self.recently_left.truncate(RECENTLY_LEFT);
