@@ -3,7 +3,9 @@
 //!
 //! `GET /` counts views in a server-side, in-memory session kept by a cookie, so a client that
 //! stays on one backend sees `sessionViews` go 1, 2, 3... and one that is moved starts again
-//! at one. `GET /health` answers 200; `POST /delay {"delay": ms}` slows every later answer.
+//! at one. `GET /work?ms=N` answers the same after N ms of waiting (0-60000): a stand-in for
+//! real work, with which load tests make requests stay in flight. `GET /health` answers 200;
+//! `POST /delay {"delay": ms}` slows every later answer.
 //! Every answer names the instance (`x-sweeplb-instance`, the hostname: a container's id), so a
 //! container replaced at the same address is told apart. Once told to drain (the binary does
 //! on SIGTERM), its health answers carry `x-sweeplb-drain` while it goes on serving. Given the
@@ -123,6 +125,13 @@ impl Webapp {
             }
             (&Method::POST, "/delay") => self.set_delay(req).await,
             (&Method::GET | &Method::HEAD, "/") => self.index(&req, local),
+            (&Method::GET | &Method::HEAD, "/work") => match work_ms(req.uri().query()) {
+                Ok(ms) => {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    self.index(&req, local)
+                }
+                Err(e) => json(StatusCode::BAD_REQUEST, serde_json::json!({ "error": e })),
+            },
             _ => json(
                 StatusCode::NOT_FOUND,
                 serde_json::json!({ "error": "not found" }),
@@ -211,6 +220,23 @@ impl Webapp {
     }
 }
 
+/// The longest `GET /work` waits.
+const MAX_WORK_MS: u64 = 60_000;
+
+/// The `ms` of `GET /work?ms=N`.
+fn work_ms(query: Option<&str>) -> Result<u64, String> {
+    let accepted = format!("expected /work?ms=N with N from 0 to {MAX_WORK_MS}");
+    let ms = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .ok_or_else(|| format!("no ms; {accepted}"))?;
+    match ms.parse::<u64>() {
+        Ok(n) if n <= MAX_WORK_MS => Ok(n),
+        _ => Err(format!("ms={ms:?}; {accepted}")),
+    }
+}
+
 /// Reads an identity secret file as the balancer reads `discovery.identity_secret_file`: UTF-8
 /// text, surrounding whitespace ignored, at least 16 characters. The error names the file and
 /// what is accepted, never the content.
@@ -248,4 +274,30 @@ pub async fn run(listener: TcpListener, app: Arc<Webapp>, shutdown: Cancellation
         .map(|_| Arc::new(Served(Arc::clone(&app))))
         .collect();
     server::serve(listener, services, settings, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn work_takes_ms_from_the_query() {
+        assert_eq!(work_ms(Some("ms=250")), Ok(250));
+        assert_eq!(work_ms(Some("x=1&ms=0")), Ok(0));
+        assert_eq!(work_ms(Some("ms=60000")), Ok(60_000));
+        for bad in [
+            None,
+            Some(""),
+            Some("ms="),
+            Some("ms=-1"),
+            Some("ms=60001"),
+            Some("ms=1s"),
+        ] {
+            let e = work_ms(bad).expect_err("refused");
+            assert!(
+                e.contains("expected /work?ms=N with N from 0 to 60000"),
+                "{bad:?}: {e}"
+            );
+        }
+    }
 }

@@ -17,3 +17,4 @@ mod sessions;
 mod smuggling;
 mod stickiness;
 mod support;
+mod webapp;

@@ -116,6 +116,11 @@ impl User {
     pub async fn get(&self) -> Result<Page, String> {
         visit(&self.http, &self.url, None).await
     }
+
+    /// Visits `path` (after the base, like `work?ms=300`) with the user's cookies.
+    pub async fn get_path(&self, path: &str) -> Result<Page, String> {
+        visit(&self.http, &format!("{}{path}", self.url), None).await
+    }
 }
 
 fn user_client(jar: &Arc<reqwest::cookie::Jar>) -> reqwest::Client {
