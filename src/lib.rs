@@ -151,10 +151,14 @@ pub async fn run_with_reload(
         reloads: reloads.counts(),
         metrics,
     });
+    let admin_server = admin_listener
+        .as_ref()
+        .map(|_| server::LiveSettings::from(admin_server_settings(&config)));
     let live = reload::Live {
         proxy: std::sync::Arc::clone(&proxy),
         discovery: discovery_reloads,
         server: std::sync::Arc::clone(&settings),
+        admin_server: admin_server.clone(),
         admin: std::sync::Arc::clone(&admin.settings),
     };
     tasks.spawn(reload::serve(
@@ -163,13 +167,9 @@ pub async fn run_with_reload(
         live,
         prober_stop.clone(),
     ));
-    if let Some(admin_listener) = admin_listener {
+    if let Some((admin_listener, admin_settings)) = admin_listener.zip(admin_server) {
         let at = admin_listener.local_addr()?;
         tracing::info!(%at, "admin endpoints listening");
-        let admin_settings = server::Settings {
-            name: "sweeplb-admin",
-            ..server_settings(&config)
-        };
         let service = vec![std::sync::Arc::new(front::AdminFront(
             std::sync::Arc::clone(&admin),
         ))];
@@ -187,6 +187,15 @@ pub async fn run_with_reload(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// How the admin listener (`admin.listen`) treats client connections under `config`: as the
+/// public one does, on threads of its own name.
+fn admin_server_settings(config: &Config) -> server::Settings {
+    server::Settings {
+        name: "sweeplb-admin",
+        ..server_settings(config)
+    }
 }
 
 /// How the balancer's listener treats client connections under `config`.

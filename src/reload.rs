@@ -216,6 +216,8 @@ pub(crate) struct Live {
     pub(crate) proxy: Arc<Proxy>,
     pub(crate) discovery: mpsc::Sender<Discovery>,
     pub(crate) server: LiveSettings,
+    /// The admin listener's, when `admin.listen` is set.
+    pub(crate) admin_server: Option<LiveSettings>,
     pub(crate) admin: Arc<ArcSwap<config::Admin>>,
 }
 
@@ -257,6 +259,9 @@ async fn swap(running: &mut Config, new: Config, live: &Live) -> Outcome {
         .reconfigure(new.balance.clone(), new.timeouts.clone());
     live.proxy.set_access_log(new.log.access);
     live.server.store(Arc::new(crate::server_settings(&new)));
+    if let Some(admin_server) = &live.admin_server {
+        admin_server.store(Arc::new(crate::admin_server_settings(&new)));
+    }
     live.admin.store(Arc::new(new.admin.clone()));
     if changed.is_empty() {
         info!("config reloaded: nothing changed");

@@ -185,3 +185,39 @@ async fn an_admin_listen_that_cannot_be_bound_is_named() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_takes_a_reloads_connection_settings_too() {
+    let net = Net::new(186);
+    let (backend, _) = counting(net.addr(10));
+    let admin = net.addr(251);
+    let config = |rest: &str| {
+        sweeplb::config::parse(&net.config("", &format!("admin:\n  listen: {admin}\n{rest}")))
+            .expect("a valid config")
+    };
+    let lb = Balancer::found(
+        &net.config("", &format!("admin:\n  listen: {admin}\n")),
+        &[backend.addr],
+    )
+    .await;
+    let head = async |extra: &str| -> String {
+        let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let req = format!("GET /_lb/live HTTP/1.1\r\nHost: lb.test\r\n{extra}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        read_response(&mut s).await
+    };
+    let big = format!("x-big: {}", "a".repeat(4000));
+    let before = head(&big).await;
+    assert!(before.starts_with("http/1.1 200"), "{before}");
+    let outcome = lb
+        .reload
+        .apply(config("limits:\n  max_request_head: 2048\n"))
+        .await;
+    assert_eq!(outcome.result(), "ok", "{outcome:?}");
+    let after = head(&big).await;
+    assert!(
+        after.starts_with("http/1.1 431"),
+        "the admin listener's head cap: {after}"
+    );
+    lb.stop().await;
+}
