@@ -57,6 +57,7 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod autoscale;
 pub mod balancer;
 pub mod config;
 pub mod demo;

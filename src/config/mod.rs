@@ -51,6 +51,8 @@ pub struct Config {
     pub(crate) limits: Limits,
     pub(crate) admin: Admin,
     pub(crate) log: Log,
+    /// `None`: autoscaling is off and sweeplb never touches the Docker engine.
+    pub(crate) autoscale: Option<Autoscale>,
 }
 
 #[derive(Debug, Clone)]
@@ -148,6 +150,36 @@ pub struct Admin {
     /// its last counts; then its series go, and containers coming and going for days do not
     /// grow the exposition.
     pub keep_departed: Duration,
+}
+
+/// The `autoscale:` block: scaling a compose service's (or a swarm service's) containers to
+/// the in-flight load the balancer measures.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Autoscale {
+    /// The Docker engine's address: `unix:///path` or `tcp://host:port` (DOCKER_HOST's form).
+    pub docker: String,
+    /// The compose service (label `com.docker.compose.service`) or swarm service to scale.
+    pub service: String,
+    /// Containers kept running whatever the load; 0 allows scaling to zero.
+    pub min: u32,
+    pub max: u32,
+    /// In-flight requests per routed backend that scaling aims for.
+    pub target_inflight: u32,
+    /// Above target this long: add containers.
+    pub up_after: Duration,
+    /// Below target this long: remove one.
+    pub down_after: Duration,
+    /// A draining container is stopped once its users have been idle this long ...
+    pub session_idle: Duration,
+    /// ... or after this long in any case.
+    pub drain_max: Duration,
+    /// With no routed backend and room to start one, requests wait this long (0: not at all).
+    pub hold: Duration,
+    /// At most this many requests wait at once; more are answered 503 at once.
+    pub hold_limit: usize,
+    /// A started container not routed within this is given up: stopped, removed, backed off.
+    pub start_timeout: Duration,
 }
 
 /// What the balancer logs, and how.

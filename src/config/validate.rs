@@ -152,6 +152,7 @@ impl<'a> Validator<'a> {
             limits: limits?,
             admin: admin?,
             log: log?,
+            autoscale: None,
         };
         self.cross_checks(&config);
         Some(config)
