@@ -41,6 +41,8 @@ pub(crate) struct Admin {
     pub(crate) reloads: Arc<reload::Counts>,
     /// What `/_lb/metrics` keeps between scrapes.
     pub(crate) metrics: Arc<admin::Metrics>,
+    /// What autoscaling shows, when it is on.
+    pub(crate) autoscale: Option<Arc<crate::autoscale::Status>>,
 }
 
 impl Admin {
@@ -59,6 +61,7 @@ impl Admin {
             reloads: &self.reloads,
             metrics: &self.metrics,
             keep_departed: self.settings.load().keep_departed,
+            autoscale: self.autoscale.as_ref().map(|s| s.report()),
         };
         admin::respond(req, &sources).map(Either::Right)
     }

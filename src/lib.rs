@@ -109,6 +109,9 @@ pub async fn run_with_reload(
     let (writer, reader) = pool::new();
     let (reports, reports_rx) = pool::reports();
     let (discovery_reloads, discovery_reloads_rx) = tokio::sync::mpsc::channel(4);
+    let (commands, commands_rx) = tokio::sync::mpsc::channel(64);
+    let waiting = std::sync::Arc::new(pool::Waiting::default());
+    let autoscale_status = std::sync::Arc::new(autoscale::Status::default());
     let prober_stats = std::sync::Arc::new(discovery::Stats::default());
     let metrics = std::sync::Arc::new(admin::Metrics::new(std::sync::Arc::clone(&prober_stats)));
     let tasks = TaskTracker::new();
@@ -127,6 +130,7 @@ pub async fn run_with_reload(
             reports: reports_rx,
             reloads: discovery_reloads_rx,
             stats: prober_stats,
+            commands: commands_rx,
         },
         prober_stop.clone(),
     ));
@@ -142,7 +146,19 @@ pub async fn run_with_reload(
         reports,
         workers(),
         settle_within,
+        std::sync::Arc::clone(&waiting),
     );
+    let autoscale = autoscale_settings(&config).map(|settings| {
+        let (tx, rx) = tokio::sync::watch::channel(settings);
+        let links = autoscale::Links {
+            pool: reader.clone(),
+            prober: commands,
+            waiting,
+            status: std::sync::Arc::clone(&autoscale_status),
+        };
+        tasks.spawn(autoscale::run(rx, links, prober_stop.clone()));
+        tx
+    });
     proxy.set_access_log(config.log.access);
     tasks.spawn(std::sync::Arc::clone(&proxy).keep_tally(prober_stop.clone()));
     let admin = std::sync::Arc::new(front::Admin {
@@ -151,6 +167,7 @@ pub async fn run_with_reload(
         settings: std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(config.admin.clone())),
         reloads: reloads.counts(),
         metrics,
+        autoscale: autoscale.as_ref().map(|_| autoscale_status),
     });
     let admin_server = admin_listener
         .as_ref()
@@ -161,6 +178,7 @@ pub async fn run_with_reload(
         server: std::sync::Arc::clone(&settings),
         admin_server: admin_server.clone(),
         admin: std::sync::Arc::clone(&admin.settings),
+        autoscale,
     };
     tasks.spawn(reload::serve(
         reloads,
@@ -188,6 +206,15 @@ pub async fn run_with_reload(
     tasks.close();
     tasks.wait().await;
     Ok(())
+}
+
+/// What the autoscaler runs with under `config`, if `autoscale` is set.
+fn autoscale_settings(config: &Config) -> Option<autoscale::Settings> {
+    Some(autoscale::Settings {
+        autoscale: config.autoscale.clone()?,
+        subnets: config.discovery.subnets.clone(),
+        port: config.discovery.port,
+    })
 }
 
 /// How the admin listener (`admin.listen`) treats client connections under `config`: as the

@@ -56,6 +56,8 @@ pub(crate) struct Backend {
     sessions: AtomicU64,
     /// New users assigned to it since the last tally began.
     assigned: AtomicU64,
+    /// Protocol-switch tunnels (WebSockets, say) open to it: each also counts in flight.
+    tunnels: AtomicU64,
     /// Cancelled when the prober removes the backend from the pool (after `fall` failures).
     /// In-flight requests to it stop waiting: idempotent ones are retried elsewhere.
     gone: CancellationToken,
@@ -74,6 +76,7 @@ impl Backend {
             counters: Default::default(),
             sessions: AtomicU64::new(0),
             assigned: AtomicU64::new(0),
+            tunnels: AtomicU64::new(0),
             gone: CancellationToken::new(),
         }
     }
@@ -126,6 +129,11 @@ impl Backend {
     pub(crate) fn gone(&self) -> &CancellationToken {
         &self.gone
     }
+
+    /// Tunnels open to it now.
+    pub(crate) fn tunnels(&self) -> u64 {
+        self.tunnels.load(Ordering::Relaxed)
+    }
 }
 
 /// Counts one request in flight to `backends[index]` until dropped. Holds the worker's
@@ -139,6 +147,8 @@ pub(crate) struct InflightGuard {
     /// The status handed to the client and when the request arrived: counted as the guard
     /// drops, which is when the response body has ended (or been cut off).
     answered: Option<(u16, Instant)>,
+    /// It counts as a tunnel of the backend.
+    tunnel: bool,
 }
 
 impl InflightGuard {
@@ -147,6 +157,18 @@ impl InflightGuard {
     pub(crate) fn answered(&mut self, status: u16, arrived: Instant) {
         self.answered = Some((status, arrived));
     }
+
+    /// The request became a tunnel: counted as one (besides in flight) until the guard drops,
+    /// so that autoscaling never stops a backend a tunnel is open to and does not take a
+    /// tunnel for load.
+    pub(crate) fn tunnel(&mut self) {
+        if !self.tunnel {
+            if let Some(b) = self.local.backends.get(self.index) {
+                b.tunnels.fetch_add(1, Ordering::Relaxed);
+                self.tunnel = true;
+            }
+        }
+    }
 }
 
 impl Drop for InflightGuard {
@@ -154,6 +176,9 @@ impl Drop for InflightGuard {
         if let Some(b) = self.local.backends.get(self.index) {
             let shard = &b.counters[self.shard];
             shard.inflight.fetch_sub(1, Ordering::Relaxed);
+            if self.tunnel {
+                b.tunnels.fetch_sub(1, Ordering::Relaxed);
+            }
             if let Some((status, arrived)) = self.answered {
                 shard.responses.record(status, arrived.elapsed());
             }
@@ -191,6 +216,7 @@ impl Local {
             index,
             shard,
             answered: None,
+            tunnel: false,
         }
     }
 
@@ -458,6 +484,75 @@ pub(crate) enum Report {
 /// dropped, since the first one for a backend already took it out of routing.
 pub(crate) fn reports() -> (mpsc::Sender<Report>, mpsc::Receiver<Report>) {
     mpsc::channel(1024)
+}
+
+/// Requests held while no backend is routed, waiting for one that autoscaling starts (a cold
+/// start). The proxy holds and counts them; the autoscaler reads the count, is woken by the
+/// first, and says whether holding makes sense at all (an engine reached, room to start one).
+/// Off the request path: touched only when the pool has no routed backend.
+#[derive(Debug, Default)]
+pub(crate) struct Waiting {
+    held: AtomicU64,
+    /// Requests held at most at once; 0 while holding is off.
+    limit: AtomicU64,
+    /// How long one is held, in nanoseconds.
+    hold: AtomicU64,
+    /// The autoscaler can start a backend now: without it a request is not held, since
+    /// nothing would come.
+    can_start: std::sync::atomic::AtomicBool,
+    wake: tokio::sync::Notify,
+}
+
+/// One held request, counted until dropped.
+#[derive(Debug)]
+pub(crate) struct Held<'a>(&'a Waiting);
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Waiting {
+    /// Holding on: at most `limit` requests, each for at most `hold`.
+    pub(crate) fn configure(&self, limit: usize, hold: Duration) {
+        let limit = if hold.is_zero() { 0 } else { limit as u64 };
+        self.limit.store(limit, Ordering::Relaxed);
+        let nanos = u64::try_from(hold.as_nanos()).unwrap_or(u64::MAX);
+        self.hold.store(nanos, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_can_start(&self, can: bool) {
+        self.can_start.store(can, Ordering::Relaxed);
+    }
+
+    /// Holds one more request, if holding is on, the autoscaler can start a backend and the
+    /// limit is not reached; wakes the autoscaler. `None`: answer as without autoscaling.
+    pub(crate) fn hold(&self) -> Option<(Held<'_>, Duration)> {
+        if !self.can_start.load(Ordering::Relaxed) {
+            return None;
+        }
+        let limit = self.limit.load(Ordering::Relaxed);
+        let taken = self
+            .held
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            });
+        taken.ok()?;
+        self.wake.notify_one();
+        let hold = Duration::from_nanos(self.hold.load(Ordering::Relaxed));
+        Some((Held(self), hold))
+    }
+
+    /// Requests held right now.
+    pub(crate) fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Resolves when a request is held (or was since the last call).
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await;
+    }
 }
 
 /// Marks a backend gone when the prober drops it.

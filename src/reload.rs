@@ -219,6 +219,8 @@ pub(crate) struct Live {
     /// The admin listener's, when `admin.listen` is set.
     pub(crate) admin_server: Option<LiveSettings>,
     pub(crate) admin: Arc<ArcSwap<config::Admin>>,
+    /// The autoscaler's settings, when `autoscale` is set.
+    pub(crate) autoscale: Option<tokio::sync::watch::Sender<crate::autoscale::Settings>>,
 }
 
 /// Answers reloads until `shutdown`, one at a time, so two never interleave.
@@ -263,6 +265,13 @@ async fn swap(running: &mut Config, new: Config, live: &Live) -> Outcome {
         admin_server.store(Arc::new(crate::admin_server_settings(&new)));
     }
     live.admin.store(Arc::new(new.admin.clone()));
+    if let (Some(autoscale), Some(settings)) = (&live.autoscale, crate::autoscale_settings(&new)) {
+        autoscale.send_if_modified(|s| {
+            let modified = *s != settings;
+            *s = settings;
+            modified
+        });
+    }
     if changed.is_empty() {
         info!("config reloaded: nothing changed");
     } else {
@@ -381,6 +390,14 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Diff {
         ),
         ("log.format", old.log.format != new.log.format),
         ("log.access", old.log.access != new.log.access),
+        (
+            "autoscale",
+            old.autoscale.is_some() != new.autoscale.is_some(),
+        ),
+        (
+            "autoscale.*",
+            old.autoscale.is_some() && new.autoscale.is_some() && old.autoscale != new.autoscale,
+        ),
     ];
     d.changed = checks
         .iter()
@@ -406,6 +423,16 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Diff {
                  every pinned user would move to another backend; keep the running one, or \
                  restart to change it knowingly"
                 .to_string(),
+            "autoscale" => format!(
+                "autoscale: {}: a running balancer does not start or stop autoscaling; restart \
+                 to turn it {}",
+                if new.autoscale.is_some() {
+                    "added"
+                } else {
+                    "removed"
+                },
+                if new.autoscale.is_some() { "on" } else { "off" },
+            ),
             "balance.key" | "balance.cookie" => format!(
                 "{key}: {} -> {}: every user's current pin would go unread, so every pinned \
                  user would move; keep the running one, or restart to change it knowingly",

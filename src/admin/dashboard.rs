@@ -123,6 +123,7 @@ mod tests {
             reloads: &reloads,
             metrics: &metrics,
             keep_departed: std::time::Duration::from_secs(600),
+            autoscale: None,
         };
         let ask = |method: http::Method, path: &str| {
             let req = http::Request::builder()

@@ -9,9 +9,6 @@ use http_body_util::Full;
 use serde::Serialize;
 
 use crate::message::json;
-use crate::pool::Snapshot;
-use crate::proxy::{StickyStats, UpstreamStats};
-use crate::reload;
 
 /// The document `/_lb/health` answers.
 #[derive(Serialize)]
@@ -28,6 +25,111 @@ struct HealthView<'a> {
     bounded_load_diverted: u64,
     /// Config reloads since start, by result, and the latest one.
     reloads: ReloadsView,
+    /// Autoscaling, when it is on (`null` when off).
+    autoscale: Option<AutoscaleView<'a>>,
+}
+
+#[derive(Serialize)]
+struct AutoscaleView<'a> {
+    service: &'a str,
+    /// `compose` or `swarm`; `null` until the engine has been reached.
+    mode: Option<&'static str>,
+    /// `ok`, or the last error talking to the engine.
+    engine: &'a str,
+    min: u32,
+    max: u32,
+    target_inflight: u32,
+    /// The service's containers routed and taking new users.
+    running: u32,
+    /// Started, not routed yet.
+    starting: u32,
+    /// Drained on the balancer's side, to be stopped.
+    draining: u32,
+    /// Out of the pool, being stopped.
+    stopping: u32,
+    desired: u32,
+    /// Requests in flight to routed backends (tunnels left out) and held, now.
+    inflight: u64,
+    /// Requests held for a backend right now.
+    held: u64,
+    containers: Vec<ContainerView<'a>>,
+    /// Why the current decision is what it is.
+    reason: &'a str,
+    /// The last scale up or down.
+    last_decision: Option<DecisionView<'a>>,
+    last_start: Option<StartView<'a>>,
+    backoff_until: Option<String>,
+    /// Engine errors since start.
+    errors: u64,
+}
+
+#[derive(Serialize)]
+struct ContainerView<'a> {
+    name: &'a str,
+    id: &'a str,
+    addr: Option<String>,
+    state: &'static str,
+    since: Option<String>,
+}
+
+#[derive(Serialize)]
+struct DecisionView<'a> {
+    at: String,
+    action: &'static str,
+    from: u32,
+    to: u32,
+    reason: &'a str,
+}
+
+#[derive(Serialize)]
+struct StartView<'a> {
+    container: &'a str,
+    start_to_answer_ms: Option<f64>,
+    start_to_routed_ms: f64,
+}
+
+fn autoscale(r: &crate::autoscale::Report) -> AutoscaleView<'_> {
+    AutoscaleView {
+        service: &r.service,
+        mode: r.mode,
+        engine: r.engine_error.as_deref().unwrap_or("ok"),
+        min: r.min,
+        max: r.max,
+        target_inflight: r.target,
+        running: r.running,
+        starting: r.starting,
+        draining: r.draining,
+        stopping: r.stopping,
+        desired: r.desired,
+        inflight: r.inflight,
+        held: r.held,
+        containers: r
+            .containers
+            .iter()
+            .map(|c| ContainerView {
+                name: &c.name,
+                id: &c.id,
+                addr: c.addr.map(|a| a.to_string()),
+                state: c.state,
+                since: c.since.map(timestamp),
+            })
+            .collect(),
+        reason: &r.reason,
+        last_decision: r.last_decision.as_ref().map(|d| DecisionView {
+            at: timestamp(d.at),
+            action: d.action,
+            from: d.from,
+            to: d.to,
+            reason: &d.reason,
+        }),
+        last_start: r.last_start.as_ref().map(|l| StartView {
+            container: &l.container,
+            start_to_answer_ms: l.to_answer.map(ms),
+            start_to_routed_ms: ms(l.to_routed),
+        }),
+        backoff_until: r.backoff_until.map(timestamp),
+        errors: r.errors.iter().sum(),
+    }
 }
 
 #[derive(Serialize)]
@@ -101,12 +203,13 @@ fn ms(d: std::time::Duration) -> f64 {
 }
 
 /// `/_lb/health`: the pool as JSON; 503 while no backend takes new users.
-pub(super) fn health(
-    s: &Snapshot,
-    upstream: &UpstreamStats,
-    sticky: &StickyStats,
-    reloads: &reload::Counts,
-) -> Response<Full<Bytes>> {
+pub(super) fn health(sources: &super::Sources<'_>) -> Response<Full<Bytes>> {
+    let (s, upstream, sticky, reloads) = (
+        &*sources.snapshot,
+        &sources.upstream,
+        &sources.sticky,
+        sources.reloads,
+    );
     let healthy = s.healthy();
     let counted = reloads.counted();
     let view = HealthView {
@@ -167,6 +270,7 @@ pub(super) fn health(
                 detail: l.detail,
             }),
         },
+        autoscale: sources.autoscale.as_ref().map(autoscale),
     };
     let status = if healthy > 0 {
         StatusCode::OK

@@ -179,9 +179,11 @@ pub(super) fn metrics(s: &Sources<'_>) -> Response<Full<Bytes>> {
     registry.register_collector(Box::new(Process {
         reloads: ReloadCounts::read(s.reloads),
     }));
-    registry
-        .sub_registry_with_label((Cow::Borrowed("pool"), Cow::Borrowed(POOL)))
-        .register_collector(Box::new(scrape));
+    let pool = registry.sub_registry_with_label((Cow::Borrowed("pool"), Cow::Borrowed(POOL)));
+    pool.register_collector(Box::new(scrape));
+    if let Some(report) = &s.autoscale {
+        pool.register_collector(Box::new(Autoscaling(report.clone())));
+    }
     let mut body = String::new();
     let (status, body) = match prometheus_text::encode(&mut body, &registry) {
         Ok(()) => (StatusCode::OK, body),
@@ -489,6 +491,107 @@ impl Collector for Scrape {
                 .iter()
                 .map(|(d, c, n)| (labels([("decision", d), ("cause", c)]), *n)),
         )
+    }
+}
+
+/// What one scrape exports about autoscaling, when it is on.
+#[derive(Debug)]
+struct Autoscaling(crate::autoscale::Report);
+
+impl Collector for Autoscaling {
+    fn encode(&self, mut e: DescriptorEncoder) -> fmt::Result {
+        use crate::autoscale::{ACTIONS, ERROR_KINDS};
+        use MetricType::{Counter, Gauge};
+        let r = &self.0;
+        family(
+            &mut e,
+            "sweeplb_autoscale_containers",
+            "The service's containers by autoscaling state: running (routed, taking new \
+             users), starting (not routed yet), draining (pinned users only), stopping.",
+            Gauge,
+            [
+                ("running", r.running),
+                ("starting", r.starting),
+                ("draining", r.draining),
+                ("stopping", r.stopping),
+            ]
+            .map(|(state, n)| (labels([("state", state)]), u64::from(n))),
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_desired",
+            "Containers the last decision asked for.",
+            Gauge,
+            [(Labels::new(), u64::from(r.desired))],
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_inflight",
+            "Requests in flight to routed backends (tunnels left out) plus those held, as \
+             autoscaling last sampled them.",
+            Gauge,
+            [(Labels::new(), r.inflight)],
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_held_requests",
+            "Requests held for a backend being started (no backend routed).",
+            Gauge,
+            [(Labels::new(), r.held)],
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_engine_up",
+            "1 while the Docker engine answers autoscaling's calls, else 0.",
+            Gauge,
+            [(
+                Labels::new(),
+                u64::from(r.mode.is_some() && r.engine_error.is_none()),
+            )],
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_actions",
+            "Autoscaling actions by kind (start: a stopped container; create: a new one; \
+             drain, undrain, stop; give_up: a started container never healthy, removed) and \
+             result.",
+            Counter,
+            ACTIONS
+                .iter()
+                .zip(r.actions)
+                .flat_map(|(action, (ok, err))| {
+                    [
+                        (labels([("action", action), ("result", "ok")]), ok),
+                        (labels([("action", action), ("result", "error")]), err),
+                    ]
+                }),
+        )?;
+        family(
+            &mut e,
+            "sweeplb_autoscale_engine_errors",
+            "Failed Docker engine calls by kind: unreachable (socket missing, refused, timed \
+             out), api (the engine refused), service (no such service or container).",
+            Counter,
+            ERROR_KINDS
+                .iter()
+                .zip(r.errors)
+                .map(|(kind, n)| (labels([("kind", kind)]), n)),
+        )?;
+        if let Some(start) = &r.last_start {
+            let mut rows = vec![(labels([("until", "routed")]), start.to_routed.as_secs_f64())];
+            if let Some(answer) = start.to_answer {
+                rows.push((labels([("until", "answer")]), answer.as_secs_f64()));
+            }
+            family(
+                &mut e,
+                "sweeplb_autoscale_last_start_seconds",
+                "How long the last container autoscaling started took, from the engine call \
+                 until its first health answer, and until it was routed.",
+                Gauge,
+                rows,
+            )?;
+        }
+        Ok(())
     }
 }
 

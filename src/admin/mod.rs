@@ -35,6 +35,8 @@ pub(crate) struct Sources<'a> {
     pub(crate) metrics: &'a Metrics,
     /// `admin.keep_departed` as the running config says.
     pub(crate) keep_departed: Duration,
+    /// Autoscaling as it stands, when it is on.
+    pub(crate) autoscale: Option<crate::autoscale::Report>,
 }
 
 /// Answers a request for `/_lb` or below.
@@ -53,7 +55,7 @@ pub(crate) fn respond<B>(req: &Request<B>, s: &Sources<'_>) -> Response<Full<Byt
         return page;
     }
     match path {
-        "/_lb/health" => health::health(&s.snapshot, &s.upstream, &s.sticky, s.reloads),
+        "/_lb/health" => health::health(s),
         "/_lb/metrics" => metrics::metrics(s),
         // Liveness for container health checks: answers while the process serves requests,
         // whatever the pool holds.

@@ -25,6 +25,10 @@ pub(crate) struct Health {
     /// Its last passing answer asked to drain; kept through failed checks, so a draining
     /// member that fails one check does not take new users again.
     pub(crate) draining: bool,
+    /// The balancer drains it ([`Health::set_draining`]), whatever it answers.
+    ordered: bool,
+    /// Its last passing answer asked to drain.
+    answered: bool,
     pub(crate) ok: u32,
     pub(crate) fail: u32,
 }
@@ -66,6 +70,8 @@ impl Health {
             state: State::Joining,
             routed: false,
             draining: false,
+            ordered: false,
+            answered: false,
             ok: 0,
             fail: 0,
         };
@@ -86,6 +92,8 @@ impl Health {
         let Seen::Pass { draining } = seen else {
             return self.failed();
         };
+        self.answered = draining;
+        let draining = draining || self.ordered;
         self.fail = 0;
         let was_draining = self.draining;
         match self.state {
@@ -156,6 +164,29 @@ impl Health {
         }
     }
 
+    /// The balancer itself drains it (`on`), or takes that back: as a draining answer would,
+    /// but at once and without counting as a check. A joining member does not join while so
+    /// drained; a leaving one keeps it through its failures, as with a draining answer.
+    pub(crate) fn set_draining(&mut self, on: bool) -> Change {
+        self.ordered = on;
+        let draining = on || self.answered;
+        if self.draining == draining {
+            return Change::None;
+        }
+        self.draining = draining;
+        match self.state {
+            State::Healthy | State::Draining => {
+                self.state = self.serving();
+                if draining {
+                    Change::Draining
+                } else {
+                    Change::Undrained
+                }
+            }
+            State::Joining | State::Leaving => Change::None,
+        }
+    }
+
     /// New users may be given to it.
     pub(crate) fn in_ring(&self) -> bool {
         self.routed && !self.draining
@@ -192,6 +223,11 @@ mod tests {
         # A draining member that fails a check stays draining when it recovers...
         1 2 +d-d    | H* joined, D* draining, L* failing, D* recovered
         1 2 +d-+    | H* joined, D* draining, L* failing, H* recovered
+        # Drained by the balancer (D) and undrained (U): at once, no check counted.
+        2 2 ++DU    | J none, H* joined, D* draining, H* undrained
+        2 2 +D++U+  | J none, J none, J none, J none, J none, H* joined
+        1 2 +D-+    | H* joined, D* draining, L* failing, D* recovered
+        1 2 +dD+U   | H* joined, D* draining, D* none, D* none, H* undrained
         # ...and leaves like any member.
         1 2 +d--    | H* joined, D* draining, L* failing, L left
         2 2 ++dxdd  | J none, H* joined, D* draining, L unrouted, L none, D* recovered
@@ -207,7 +243,9 @@ mod tests {
                 'd' => h.observe(Seen::Pass { draining: true }),
                 '-' => h.observe(Seen::Fail),
                 'x' => h.connect_failed(),
-                _ => unreachable!("test alphabet is + d - x"),
+                'D' => h.set_draining(true),
+                'U' => h.set_draining(false),
+                _ => unreachable!("test alphabet is + d - x D U"),
             };
             out.push(show(&h, change));
         }
@@ -235,7 +273,7 @@ mod tests {
             assert_eq!(got, want, "{line}");
             cases += 1;
         }
-        assert_eq!(cases, 15);
+        assert_eq!(cases, 19);
     }
 
     #[test]

@@ -51,6 +51,36 @@ const RECENTLY_LEFT: usize = 16;
 /// right reason; older ones count as unknown pins.
 const DEPARTED_PINS: usize = 4096;
 
+/// How often an address autoscaling started is probed until it joins: a cold start's held
+/// requests wait for it, so this bounds what the prober adds to the container's own start.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+/// What autoscaling tells the prober about the containers it starts and stops.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// A container was started at `addr`: probe it now and every [`WATCH_EVERY`] until it
+    /// has joined (its `rise` checks too), or until `until`.
+    Watch { addr: SocketAddr, until: Instant },
+    /// Drain it on the balancer's side (pinned users stay, no new ones), or (`on: false`)
+    /// take new users again.
+    Drain { addr: SocketAddr, on: bool },
+    /// It is being stopped: it leaves now, with `reason`, its users move, and the sweep leaves
+    /// its address alone until `until` (or until it is watched again), so that a container
+    /// still answering during its stop is not found again.
+    Remove {
+        addr: SocketAddr,
+        reason: String,
+        until: Instant,
+    },
+}
+
+/// An address autoscaling started a container at, watched until it joins.
+struct Watched {
+    until: Instant,
+    due: Instant,
+    probing: bool,
+}
+
 /// Status-only changes (latencies, counters) are published at most this often; routing changes
 /// are published at once.
 const PUBLISH_EVERY: Duration = Duration::from_millis(200);
@@ -83,10 +113,12 @@ struct Known {
     due: Instant,
 }
 
-/// Why a probe was sent: a member's re-check, or the sweep of an unknown address.
+/// Why a probe was sent: a member's re-check, the sweep of an unknown address, or an address
+/// autoscaling started a container at.
 enum Kind {
     Check,
     Sweep,
+    Watch,
 }
 
 /// One sweep of the ranges, from its first launch to its last answer.
@@ -149,6 +181,10 @@ struct Scheduler {
     last_publish: Instant,
     /// What the metrics endpoint reads.
     stats: Arc<Stats>,
+    /// Addresses autoscaling started containers at, until they join.
+    watched: BTreeMap<SocketAddr, Watched>,
+    /// Addresses autoscaling is stopping containers at: not swept until then.
+    barred: BTreeMap<SocketAddr, Instant>,
 }
 
 /// What the prober talks to: the pool it writes, what it hears from the proxy and from
@@ -160,6 +196,8 @@ pub(crate) struct Links {
     /// The settings of a reloaded config.
     pub(crate) reloads: mpsc::Receiver<Discovery>,
     pub(crate) stats: Arc<Stats>,
+    /// What autoscaling starts, drains and stops.
+    pub(crate) commands: mpsc::Receiver<Command>,
 }
 
 /// Runs until `shutdown` is cancelled. `listeners` are the balancer's own addresses (the public
@@ -176,6 +214,7 @@ pub(crate) async fn run(
         mut reports,
         mut reloads,
         stats,
+        mut commands,
     } = links;
     let targets = Targets::new(&d.subnets);
     let mut skip = d.exclude.clone();
@@ -203,6 +242,8 @@ pub(crate) async fn run(
         status_dirty: false,
         last_publish: now,
         stats,
+        watched: BTreeMap::new(),
+        barred: BTreeMap::new(),
         d: Arc::new(d),
     };
     info!(
@@ -231,6 +272,7 @@ pub(crate) async fn run(
                     match kind {
                         Kind::Check => p.checked(addr, took, result),
                         Kind::Sweep => p.swept(addr, took, result),
+                        Kind::Watch => p.watched(addr, took, result),
                     }
                 } else {
                     p.inflight -= 1;
@@ -238,6 +280,7 @@ pub(crate) async fn run(
             }
             Some(report) = reports.recv() => p.report(report),
             Some(d) = reloads.recv() => p.reconfigure(d, Instant::now()),
+            Some(command) = commands.recv() => p.command(command, Instant::now()),
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
@@ -332,12 +375,34 @@ impl Scheduler {
             .take(limit.saturating_sub(self.inflight))
             .collect();
         for addr in due {
+            let every = self.check_every(&addr);
             if let Some(t) = self.members.get_mut(&addr) {
                 t.probing = true;
-                t.due = now + self.d.check_interval;
+                t.due = now + every;
             }
             self.spawn(probes, Kind::Check, addr);
         }
+        self.watched.retain(|addr, w| {
+            let keep = w.probing || now < w.until;
+            if !keep {
+                debug!(%addr, "watched address did not join in time; left to the sweep");
+            }
+            keep
+        });
+        let watch: Vec<SocketAddr> = self
+            .watched
+            .iter()
+            .filter(|(a, w)| !w.probing && w.due <= now && !self.members.contains_key(a))
+            .map(|(a, _)| *a)
+            .take(limit.saturating_sub(self.inflight))
+            .collect();
+        for addr in watch {
+            if let Some(w) = self.watched.get_mut(&addr) {
+                w.probing = true;
+            }
+            self.spawn(probes, Kind::Watch, addr);
+        }
+        self.barred.retain(|_, until| now < *until);
 
         if self.round.is_none() && now >= self.next_round {
             self.round = Some(Round {
@@ -379,6 +444,9 @@ impl Scheduler {
             }
             if self.members.contains_key(&addr) {
                 round.members += 1;
+                continue;
+            }
+            if self.barred.contains_key(&addr) || self.watched.contains_key(&addr) {
                 continue;
             }
             launch.push(addr);
@@ -441,6 +509,15 @@ impl Scheduler {
         {
             wake = wake.min(due);
         }
+        if let Some(due) = self
+            .watched
+            .values()
+            .filter(|w| !w.probing)
+            .map(|w| w.due.min(w.until))
+            .min()
+        {
+            wake = wake.min(due);
+        }
         if self.status_dirty && !self.routing_dirty {
             wake = wake.min(self.last_publish + PUBLISH_EVERY);
         }
@@ -459,26 +536,104 @@ impl Scheduler {
                 if let Some(round) = self.round.as_mut() {
                     round.found += 1;
                 }
-                if !self.members.contains_key(&addr) && self.in_ranges(addr) {
-                    let (health, change) = Health::found(self.d.rise, self.d.fall, answer.draining);
-                    let t = Known {
-                        backend: Arc::new(Backend::new(addr, answer.instance, &self.pins)),
-                        health,
-                        since: SystemTime::now(),
-                        last_check: Some(took),
-                        last_error: None,
-                        probing: false,
-                        due: Instant::now() + self.d.check_interval,
-                    };
-                    self.members.insert(addr, t);
-                    self.apply(addr, change, None);
-                    self.status_dirty = true;
+                if !self.barred.contains_key(&addr) {
+                    self.admit(addr, took, answer);
                 }
             }
         }
         if let Some(round) = &self.round {
             if round.next >= self.targets.len() && round.inflight == 0 {
                 self.finish_round(Instant::now());
+            }
+        }
+    }
+
+    /// An address that is not a member answered healthy: it becomes one, joining.
+    fn admit(&mut self, addr: SocketAddr, took: Duration, answer: Answer) {
+        if self.members.contains_key(&addr) || !self.in_ranges(addr) {
+            return;
+        }
+        let (health, change) = Health::found(self.d.rise, self.d.fall, answer.draining);
+        let t = Known {
+            backend: Arc::new(Backend::new(addr, answer.instance, &self.pins)),
+            health,
+            since: SystemTime::now(),
+            last_check: Some(took),
+            last_error: None,
+            probing: false,
+            due: Instant::now() + self.check_every(&addr),
+        };
+        self.members.insert(addr, t);
+        self.apply(addr, change, None);
+        self.status_dirty = true;
+    }
+
+    /// How often a member at `addr` is checked: every `check_interval`, but an address
+    /// autoscaling started a container at is checked every [`WATCH_EVERY`] until it joins.
+    fn check_every(&self, addr: &SocketAddr) -> Duration {
+        if self.watched.contains_key(addr) {
+            WATCH_EVERY
+        } else {
+            self.d.check_interval
+        }
+    }
+
+    /// A probe of a watched address came back: admitted if it answered, else probed again.
+    fn watched(&mut self, addr: SocketAddr, took: Duration, result: Result<Answer, Failure>) {
+        self.stats.probed(&Kind::Watch, &result);
+        let Some(w) = self.watched.get_mut(&addr) else {
+            return;
+        };
+        w.probing = false;
+        w.due = Instant::now() + WATCH_EVERY;
+        match result {
+            Err(f) => debug!(%addr, reason = %f, "watched address not answering yet"),
+            Ok(answer) => {
+                debug!(%addr, ms = took.as_secs_f64() * 1e3, "watched address answered");
+                self.admit(addr, took, answer);
+            }
+        }
+    }
+
+    /// What autoscaling asks for.
+    fn command(&mut self, command: Command, now: Instant) {
+        match command {
+            Command::Watch { addr, until } => {
+                if !self.in_ranges(addr) {
+                    warn!(%addr, "a started container's address is outside the swept ranges; not watched");
+                    return;
+                }
+                self.barred.remove(&addr);
+                self.watched.insert(
+                    addr,
+                    Watched {
+                        until,
+                        due: now,
+                        probing: false,
+                    },
+                );
+                if let Some(t) = self.members.get_mut(&addr) {
+                    t.due = t.due.min(now);
+                }
+            }
+            Command::Drain { addr, on } => {
+                let Some(t) = self.members.get_mut(&addr) else {
+                    return;
+                };
+                let change = t.health.set_draining(on);
+                self.status_dirty = true;
+                self.apply(addr, change, None);
+            }
+            Command::Remove {
+                addr,
+                reason,
+                until,
+            } => {
+                self.watched.remove(&addr);
+                self.barred.insert(addr, until);
+                if self.members.contains_key(&addr) {
+                    self.apply(addr, Change::Left, Some((Leave::ScaledDown, reason)));
+                }
             }
         }
     }
@@ -570,6 +725,7 @@ impl Scheduler {
                 info!(%addr, checks = t.health.ok, "{what}");
                 if change == Change::Joined {
                     self.stats.joined(Join::Found);
+                    self.watched.remove(&addr);
                 }
                 t.since = SystemTime::now();
                 self.routing_dirty = true;
@@ -584,7 +740,11 @@ impl Scheduler {
                 self.routing_dirty = true;
             }
             Change::Left => {
-                warn!(%addr, %reason, "backend left");
+                if why == Some(Leave::ScaledDown) {
+                    info!(%addr, %reason, "backend left");
+                } else {
+                    warn!(%addr, %reason, "backend left");
+                }
                 if let Some(why) = why {
                     self.stats.left(why);
                 }

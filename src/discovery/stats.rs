@@ -7,7 +7,7 @@ use super::Kind;
 use super::probe::Failure;
 
 /// Why a probe was sent, as counted.
-const KINDS: [&str; 2] = ["check", "sweep"];
+const KINDS: [&str; 3] = ["check", "sweep", "watch"];
 
 /// Why a backend joined, as counted.
 const JOINS: [&str; 2] = ["found", "replaced"];
@@ -22,7 +22,12 @@ pub(crate) enum Join {
 }
 
 /// Why a backend left, beyond the class of the check failure that made it leave.
-const LEAVES_OTHER: [&str; 3] = ["request_connect", "replaced", "range_removed"];
+const LEAVES_OTHER: [&str; 4] = [
+    "request_connect",
+    "replaced",
+    "range_removed",
+    "scaled_down",
+];
 
 /// Why a backend left, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +40,8 @@ pub(crate) enum Leave {
     Replaced,
     /// A reload removed the range it is in.
     RangeRemoved,
+    /// Autoscaling stopped it (or gave up on it).
+    ScaledDown,
 }
 
 impl Leave {
@@ -44,6 +51,7 @@ impl Leave {
             Leave::RequestConnect => Failure::CLASSES.len(),
             Leave::Replaced => Failure::CLASSES.len() + 1,
             Leave::RangeRemoved => Failure::CLASSES.len() + 2,
+            Leave::ScaledDown => Failure::CLASSES.len() + 3,
         }
     }
 
@@ -82,6 +90,7 @@ impl Stats {
         let k = match kind {
             Kind::Check => 0,
             Kind::Sweep => 1,
+            Kind::Watch => 2,
         };
         self.probes[k][r].fetch_add(1, Ordering::Relaxed);
     }
@@ -158,7 +167,7 @@ mod tests {
         stats.probed::<()>(&Kind::Sweep, &Err(Failure::Refused));
         stats.joined(Join::Replaced);
         let c = stats.counts();
-        assert_eq!(c.probes.len(), 2 * 11);
+        assert_eq!(c.probes.len(), 3 * 11);
         let counted: Vec<_> = c.probes.into_iter().filter(|p| p.2 > 0).collect();
         assert_eq!(counted, [("check", "ok", 1), ("sweep", "refused", 2)]);
         assert_eq!(c.joins, [("found", 0), ("replaced", 1)]);

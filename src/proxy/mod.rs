@@ -73,6 +73,8 @@ pub(crate) struct Proxy {
     settles_by: tokio::time::Instant,
     /// `log.access`: read once per request, changed at run time by a reload.
     access_log: AtomicBool,
+    /// Requests held for a backend that autoscaling starts, when none is routed.
+    waiting: Arc<pool::Waiting>,
 }
 
 /// Upstream connection counters over all workers, for `/_lb/health`.
@@ -96,6 +98,7 @@ impl Proxy {
         reports: mpsc::Sender<Report>,
         workers: usize,
         settle_within: Duration,
+        waiting: Arc<pool::Waiting>,
     ) -> (Arc<Proxy>, Vec<Worker>) {
         let proxy = Arc::new(Proxy {
             connections: (0..workers.max(1))
@@ -108,6 +111,7 @@ impl Proxy {
             reports,
             settles_by: tokio::time::Instant::now() + settle_within,
             access_log: AtomicBool::new(false),
+            waiting,
         });
         let workers = proxy
             .connections
@@ -280,6 +284,23 @@ impl Worker {
         r.local.clone()
     }
 
+    /// No backend is routed: if autoscaling is starting one (and the held requests are under
+    /// their limit), waits for the first to be routed, at most `autoscale.hold`, and plans
+    /// again. `None` at once when nothing would come.
+    async fn wait_for_backend(
+        &self,
+        headers: &HeaderMap,
+        peer: SocketAddr,
+    ) -> Option<(sticky::Plan, pool::Local)> {
+        let (_held, hold) = self.proxy.waiting.hold()?;
+        let mut pool = self.proxy.pool.clone();
+        let routed = pool.wait_for(|s| s.healthy() > 0);
+        let _ = tokio::time::timeout(hold, routed).await;
+        let routing = self.routing();
+        let plan = self.proxy.sticky.plan(headers, peer, &routing)?;
+        Some((plan, routing))
+    }
+
     /// Forwards one request to the backend its key hashes to, or answers why it cannot.
     pub(crate) async fn forward(
         &self,
@@ -301,7 +322,13 @@ impl Worker {
             let _ = tokio::time::timeout_at(self.proxy.settles_by, settled).await;
             routing = self.routing();
         }
-        let Some(plan) = sticky.plan(req.headers(), client.peer, &routing) else {
+        let mut plan = sticky.plan(req.headers(), client.peer, &routing);
+        if plan.is_none() {
+            if let Some((held, r)) = self.wait_for_backend(req.headers(), client.peer).await {
+                (plan, routing) = (Some(held), r);
+            }
+        }
+        let Some(plan) = plan else {
             let resp = Error::NoBackend.respond();
             if let Some(access) = access {
                 access.answered_by_balancer(&resp, Session::NoKey);
@@ -544,9 +571,10 @@ fn tunnel(
     mut resp: Response<Incoming>,
     client_side: OnUpgrade,
     conn: upstream::Conn,
-    guard: pool::InflightGuard,
+    mut guard: pool::InflightGuard,
     client: &Client,
 ) -> Response<ResponseBody> {
+    guard.tunnel();
     let addr = conn.addr;
     let backend_side = hyper::upgrade::on(&mut resp);
     let (mut parts, _) = resp.into_parts();
