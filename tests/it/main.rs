@@ -2,6 +2,7 @@
 //! and one module per area.
 
 mod admin;
+mod autoscale;
 mod dashboard;
 mod discovery;
 mod docker;
