@@ -622,6 +622,8 @@ impl<'a> Validator<'a> {
         })
     }
 
+    /// The block, present. The bounds are wide for real use and keep a slip of the keyboard
+    /// (max: 10000, hold: 1h) from starting a fleet or keeping clients waiting for an hour.
     fn autoscale(&mut self, raw: RawAutoscale) -> Option<Autoscale> {
         let secs = Duration::from_secs;
         let docker = self.docker(
