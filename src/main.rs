@@ -194,6 +194,13 @@ fn check(path: &std::path::Path) -> ExitCode {
             "no proof required (discovery.identity_secret unset)"
         }
     );
+    match config.autoscale() {
+        Some(a) => println!(
+            "autoscale       service {}, {}-{} containers, target {} in flight each, via {}",
+            a.service, a.min, a.max, a.target_inflight, a.docker
+        ),
+        None => println!("autoscale       off (no autoscale: block)"),
+    }
     ExitCode::SUCCESS
 }
 

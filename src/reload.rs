@@ -394,13 +394,33 @@ pub(crate) fn diff(old: &Config, new: &Config) -> Diff {
             "autoscale",
             old.autoscale.is_some() != new.autoscale.is_some(),
         ),
-        (
-            "autoscale.*",
-            old.autoscale.is_some() && new.autoscale.is_some() && old.autoscale != new.autoscale,
-        ),
     ];
+    let autoscale: Vec<(&'static str, bool)> = match (&old.autoscale, &new.autoscale) {
+        (Some(o), Some(n)) => vec![
+            ("autoscale.docker", o.docker != n.docker),
+            ("autoscale.service", o.service != n.service),
+            ("autoscale.min", o.min != n.min),
+            ("autoscale.max", o.max != n.max),
+            (
+                "autoscale.target_inflight",
+                o.target_inflight != n.target_inflight,
+            ),
+            ("autoscale.up_after", o.up_after != n.up_after),
+            ("autoscale.down_after", o.down_after != n.down_after),
+            ("autoscale.session_idle", o.session_idle != n.session_idle),
+            ("autoscale.drain_max", o.drain_max != n.drain_max),
+            ("autoscale.hold", o.hold != n.hold),
+            ("autoscale.hold_limit", o.hold_limit != n.hold_limit),
+            (
+                "autoscale.start_timeout",
+                o.start_timeout != n.start_timeout,
+            ),
+        ],
+        _ => Vec::new(),
+    };
     d.changed = checks
         .iter()
+        .chain(&autoscale)
         .filter(|(_, changed)| *changed)
         .map(|(key, _)| *key)
         .collect();

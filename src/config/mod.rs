@@ -157,12 +157,14 @@ pub struct Admin {
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Autoscale {
-    /// The Docker engine's address: `unix:///path` or `tcp://host:port` (DOCKER_HOST's form).
+    /// The Docker engine's address as written: `unix:///path`, `tcp://host:port` or
+    /// `http://host:port` (DOCKER_HOST's forms without TLS; `http://` means the same as `tcp://`).
     pub docker: String,
     /// The compose service (label `com.docker.compose.service`) or swarm service to scale.
     pub service: String,
     /// Containers kept running whatever the load; 0 allows scaling to zero.
     pub min: u32,
+    /// Containers running at most, whatever the load: a bound on what a burst can start.
     pub max: u32,
     /// In-flight requests per routed backend that scaling aims for.
     pub target_inflight: u32,
@@ -329,6 +331,11 @@ impl Config {
 
     pub fn log(&self) -> Log {
         self.log
+    }
+
+    /// The `autoscale:` block; `None` when it is absent and autoscaling is off.
+    pub fn autoscale(&self) -> Option<&Autoscale> {
+        self.autoscale.as_ref()
     }
 
     /// The number of addresses the sweep walks (before exclusions).

@@ -540,3 +540,293 @@ fn admin_and_log_refusals_name_their_keys() {
         );
     }
 }
+
+#[test]
+fn autoscale_is_off_without_its_block() {
+    assert_eq!(parse(MINIMAL).unwrap().autoscale, None);
+    // A bare `autoscale:` is YAML's null: the same as no block.
+    let bare = parse(&format!("{MINIMAL}autoscale:\n")).unwrap();
+    assert_eq!(bare.autoscale(), None);
+}
+
+#[test]
+fn autoscale_takes_every_key() {
+    let c = parse(&format!(
+        "{MINIMAL}autoscale:\n  docker: ' tcp://docker_proxy.internal:2375 '\n  service: shop-web.1\n  \
+         min: 0\n  max: 12\n  target_inflight: 20\n  up_after: 5s\n  down_after: 2m\n  \
+         session_idle: 90s\n  drain_max: 10m\n  hold: 0s\n  hold_limit: 64\n  start_timeout: 45s\n"
+    ))
+    .unwrap();
+    let secs = Duration::from_secs;
+    assert_eq!(
+        c.autoscale(),
+        Some(&Autoscale {
+            docker: "tcp://docker_proxy.internal:2375".into(),
+            service: "shop-web.1".into(),
+            min: 0,
+            max: 12,
+            target_inflight: 20,
+            up_after: secs(5),
+            down_after: secs(120),
+            session_idle: secs(90),
+            drain_max: secs(600),
+            hold: Duration::ZERO,
+            hold_limit: 64,
+            start_timeout: secs(45),
+        })
+    );
+    for docker in [
+        "unix:///run/user/1000/docker.sock",
+        "tcp://127.0.0.1:2375",
+        "tcp://[::1]:2376",
+        "http://docker:2375",
+    ] {
+        let c = parse(&format!(
+            "{MINIMAL}autoscale: {{service: web, docker: '{docker}'}}"
+        ))
+        .unwrap();
+        assert_eq!(c.autoscale().unwrap().docker, docker);
+    }
+}
+
+/// The defaults, which the commented-out example in `config.yaml` shows too.
+fn default_autoscale(service: &str) -> Autoscale {
+    let secs = Duration::from_secs;
+    Autoscale {
+        docker: "unix:///var/run/docker.sock".into(),
+        service: service.into(),
+        min: 1,
+        max: 5,
+        target_inflight: 8,
+        up_after: secs(2),
+        down_after: secs(30),
+        session_idle: secs(60),
+        drain_max: secs(300),
+        hold: secs(15),
+        hold_limit: 1024,
+        start_timeout: secs(60),
+    }
+}
+
+#[test]
+fn autoscale_defaults_need_only_the_service() {
+    let c = parse(&format!("{MINIMAL}autoscale: {{service: webapp}}")).unwrap();
+    assert_eq!(c.autoscale(), Some(&default_autoscale("webapp")));
+}
+
+/// The example block in `config.yaml` stays commented out (the demo does not autoscale), and
+/// once uncommented it is valid and shows the defaults.
+#[test]
+fn the_repository_config_shows_the_autoscale_defaults_commented_out() {
+    let text = include_str!("../../config.yaml");
+    assert_eq!(parse(text).unwrap().autoscale, None);
+    let start = text.find("\n# autoscale:\n").expect("an autoscale example") + 1;
+    let uncommented: String = text[start..]
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let c = parse(&format!("{}{uncommented}", &text[..start])).unwrap();
+    assert_eq!(c.autoscale(), Some(&default_autoscale("webapp")));
+}
+
+#[test]
+fn each_invalid_autoscale_value_names_its_key() {
+    let cases: &[(&str, &str)] = &[
+        (
+            "{}",
+            "autoscale.service: missing; expected the compose or swarm service",
+        ),
+        (
+            "{service: ''}",
+            "autoscale.service: \"\" is not a service name; expected",
+        ),
+        (
+            "{service: web app}",
+            "autoscale.service: \"web app\" is not a service name",
+        ),
+        (
+            "{service: -web}",
+            "autoscale.service: \"-web\" is not a service name",
+        ),
+        (
+            "{service: web/app}",
+            "autoscale.service: \"web/app\" is not a service name",
+        ),
+        (
+            "{service: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa}",
+            "autoscale.service: \"aaaa",
+        ),
+        (
+            "{service: web, docker: 'ssh://me@host'}",
+            "autoscale.docker: \"ssh://me@host\" is not a Docker engine address (the scheme \
+             ssh:// is not supported); expected unix:///ABSOLUTE/PATH (like \
+             unix:///var/run/docker.sock), tcp://HOST:PORT or http://HOST:PORT",
+        ),
+        (
+            "{service: web, docker: 'npipe:////./pipe/docker_engine'}",
+            "autoscale.docker: \"npipe:////./pipe/docker_engine\" is not a Docker engine address",
+        ),
+        (
+            "{service: web, docker: 'https://host:2376'}",
+            "autoscale.docker: \"https://host:2376\" is not a Docker engine address",
+        ),
+        (
+            "{service: web, docker: 'unix://var/run/docker.sock'}",
+            "autoscale.docker: \"unix://var/run/docker.sock\" is not a Docker engine address \
+             (\"var/run/docker.sock\" is not an absolute path",
+        ),
+        (
+            "{service: web, docker: '/var/run/docker.sock'}",
+            "autoscale.docker: \"/var/run/docker.sock\" is not a Docker engine address (no \
+             unix://, tcp:// or http:// scheme)",
+        ),
+        (
+            "{service: web, docker: ''}",
+            "autoscale.docker: \"\" is not a Docker engine address (empty)",
+        ),
+        (
+            "{service: web, docker: 'tcp://docker'}",
+            "autoscale.docker: \"tcp://docker\" is not a Docker engine address (no host:port)",
+        ),
+        (
+            "{service: web, docker: 'tcp://docker:0'}",
+            "autoscale.docker: \"tcp://docker:0\" is not a Docker engine address (the port \"0\" \
+             is not 1-65535)",
+        ),
+        (
+            "{service: web, docker: 'http://docker:65536'}",
+            "autoscale.docker: \"http://docker:65536\" is not a Docker engine address (the port",
+        ),
+        (
+            "{service: web, docker: 'tcp://bad host:2375'}",
+            "autoscale.docker: \"tcp://bad host:2375\" is not a Docker engine address (\"bad \
+             host\" is not a host name or IP address)",
+        ),
+        (
+            "{service: web, docker: 'tcp://[nope]:2375'}",
+            "autoscale.docker: \"tcp://[nope]:2375\" is not a Docker engine address",
+        ),
+        (
+            "{service: web, min: -1}",
+            "autoscale.min: -1 is out of range; expected 0-1000",
+        ),
+        (
+            "{service: web, min: 1001, max: 1000}",
+            "autoscale.min: 1001 is out of range; expected 0-1000",
+        ),
+        (
+            "{service: web, max: 0}",
+            "autoscale.max: 0 is out of range; expected 1-1000",
+        ),
+        (
+            "{service: web, max: 1001}",
+            "autoscale.max: 1001 is out of range",
+        ),
+        (
+            "{service: web, min: 6}",
+            "autoscale.min: 6 is more than autoscale.max (5); expected min <= max",
+        ),
+        (
+            "{service: web, min: 3, max: 2}",
+            "autoscale.min: 3 is more than autoscale.max (2)",
+        ),
+        (
+            "{service: web, target_inflight: 0}",
+            "autoscale.target_inflight: 0 is out of range; expected 1-100000",
+        ),
+        (
+            "{service: web, target_inflight: 100001}",
+            "autoscale.target_inflight: 100001 is out of range",
+        ),
+        (
+            "{service: web, up_after: 0s}",
+            "autoscale.up_after: \"0s\" is out of range; expected 1s-1h",
+        ),
+        (
+            "{service: web, up_after: 61m}",
+            "autoscale.up_after: \"61m\" is out of range; expected 1s-1h",
+        ),
+        (
+            "{service: web, down_after: 500ms}",
+            "autoscale.down_after: \"500ms\" is out of range; expected 1s-1h",
+        ),
+        (
+            "{service: web, down_after: soon}",
+            "autoscale.down_after: \"soon\" is not a duration; expected 1s-1h",
+        ),
+        (
+            "{service: web, session_idle: 0s}",
+            "autoscale.session_idle: \"0s\" is out of range; expected 1s-1day",
+        ),
+        (
+            "{service: web, session_idle: 10m}",
+            "autoscale.session_idle: 10m is longer than autoscale.drain_max (5m); expected at \
+             most drain_max",
+        ),
+        (
+            "{service: web, drain_max: 25h}",
+            "autoscale.drain_max: \"25h\" is out of range; expected 1s-1day",
+        ),
+        (
+            "{service: web, hold: 301s}",
+            "autoscale.hold: \"301s\" is out of range; expected 0s-5m",
+        ),
+        (
+            "{service: web, hold: -1s}",
+            "autoscale.hold: \"-1s\" is not a duration; expected 0s-5m",
+        ),
+        (
+            "{service: web, hold_limit: 0}",
+            "autoscale.hold_limit: 0 is out of range; expected 1-1000000",
+        ),
+        (
+            "{service: web, hold_limit: 1000001}",
+            "autoscale.hold_limit: 1000001 is out of range",
+        ),
+        (
+            "{service: web, start_timeout: 0s}",
+            "autoscale.start_timeout: \"0s\" is out of range; expected 1s-1h",
+        ),
+        (
+            "{service: web, start_timeout: 2h}",
+            "autoscale.start_timeout: \"2h\" is out of range; expected 1s-1h",
+        ),
+        (
+            "{service: web, min: lots}",
+            "autoscale.min: invalid type: string \"lots\", expected i64",
+        ),
+        (
+            "{service: web, scale_to: 3}",
+            "autoscale: unknown field `scale_to`, expected one of `docker`, `service`",
+        ),
+    ];
+    for (block, expected) in cases {
+        let yaml = format!("{MINIMAL}autoscale: {block}\n");
+        let got = problems(&yaml);
+        assert!(
+            got.iter().any(|p| p.starts_with(expected)),
+            "for {block:?} expected a problem starting {expected:?}, got {got:?}"
+        );
+    }
+}
+
+#[test]
+fn autoscale_problems_are_reported_together() {
+    let got = problems(&format!(
+        "{MINIMAL}autoscale: {{docker: 'ssh://host', min: 9, max: 3, session_idle: 1h, \
+         hold_limit: 0}}"
+    ));
+    let keys: Vec<&str> = got.iter().filter_map(|p| p.split(':').next()).collect();
+    assert_eq!(
+        keys,
+        [
+            "autoscale.docker",
+            "autoscale.service",
+            "autoscale.hold_limit",
+            "autoscale.min",
+            "autoscale.session_idle"
+        ],
+        "{got:?}"
+    );
+}

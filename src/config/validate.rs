@@ -10,7 +10,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::{
-    Admin, Balance, Config, Discovery, Key, Limits, Log, LogFormat, MAX_ADDRESSES,
+    Admin, Autoscale, Balance, Config, Discovery, Key, Limits, Log, LogFormat, MAX_ADDRESSES,
     MAX_REQUEST_HEAD, PROBE_BODY_LIMIT, Problem, Secret, Timeouts, host_count,
 };
 
@@ -24,6 +24,25 @@ pub(super) struct Raw {
     limits: RawLimits,
     admin: RawAdmin,
     log: RawLog,
+    /// Absent (or null): autoscaling is off.
+    autoscale: Option<RawAutoscale>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAutoscale {
+    docker: Option<String>,
+    service: Option<String>,
+    min: Option<i64>,
+    max: Option<i64>,
+    target_inflight: Option<i64>,
+    up_after: Option<String>,
+    down_after: Option<String>,
+    session_idle: Option<String>,
+    drain_max: Option<String>,
+    hold: Option<String>,
+    hold_limit: Option<i64>,
+    start_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -111,6 +130,10 @@ enum Size {
 /// so a larger cap would not be the one that applies; below 1 KiB ordinary requests fail.
 const REQUEST_HEAD_RANGE: RangeInclusive<i64> = 1024..=256 * 1024;
 
+/// The accepted forms of `autoscale.docker`, for its refusals.
+const DOCKER_FORMS: &str = "expected unix:///ABSOLUTE/PATH (like unix:///var/run/docker.sock), \
+                            tcp://HOST:PORT or http://HOST:PORT";
+
 /// The longest duration any key accepts.
 const MAX_DURATION: Duration = Duration::from_secs(3650 * 24 * 3600);
 
@@ -144,6 +167,10 @@ impl<'a> Validator<'a> {
         let limits = self.limits(raw.limits);
         let admin = self.admin(raw.admin);
         let log = self.log(raw.log);
+        // Outer `None`: invalid; `Some(None)`: off.
+        let autoscale = raw
+            .autoscale
+            .map_or(Some(None), |a| self.autoscale(a).map(Some));
         let config = Config {
             listen: listen?,
             discovery: discovery?,
@@ -152,7 +179,7 @@ impl<'a> Validator<'a> {
             limits: limits?,
             admin: admin?,
             log: log?,
-            autoscale: None,
+            autoscale: autoscale?,
         };
         self.cross_checks(&config);
         Some(config)
@@ -595,6 +622,174 @@ impl<'a> Validator<'a> {
         })
     }
 
+    /// The block, present. The bounds are wide for real use and keep a slip of the keyboard
+    /// (max: 10000, hold: 1h) from starting a fleet or keeping clients waiting for an hour.
+    fn autoscale(&mut self, raw: RawAutoscale) -> Option<Autoscale> {
+        let secs = Duration::from_secs;
+        let docker = self.docker(
+            raw.docker
+                .as_deref()
+                .unwrap_or("unix:///var/run/docker.sock"),
+        );
+        let service = self.service(raw.service);
+        let min = self.int("autoscale.min", raw.min.unwrap_or(1), 0, 1000);
+        let max = self.int("autoscale.max", raw.max.unwrap_or(5), 1, 1000);
+        let target_inflight = self.int(
+            "autoscale.target_inflight",
+            raw.target_inflight.unwrap_or(8),
+            1,
+            100_000,
+        );
+        let up_after = self.duration_within(
+            "autoscale.up_after",
+            raw.up_after,
+            "2s",
+            secs(1)..=secs(3600),
+        );
+        let down_after = self.duration_within(
+            "autoscale.down_after",
+            raw.down_after,
+            "30s",
+            secs(1)..=secs(3600),
+        );
+        let day = secs(24 * 3600);
+        let session_idle = self.duration_within(
+            "autoscale.session_idle",
+            raw.session_idle,
+            "60s",
+            secs(1)..=day,
+        );
+        let drain_max =
+            self.duration_within("autoscale.drain_max", raw.drain_max, "5m", secs(1)..=day);
+        let hold = self.duration_within("autoscale.hold", raw.hold, "15s", secs(0)..=secs(300));
+        let hold_limit = self.int(
+            "autoscale.hold_limit",
+            raw.hold_limit.unwrap_or(1024),
+            1,
+            1_000_000,
+        );
+        let start_timeout = self.duration_within(
+            "autoscale.start_timeout",
+            raw.start_timeout,
+            "60s",
+            secs(1)..=secs(3600),
+        );
+        let mut crossed = false;
+        if let (Some(min), Some(max)) = (min, max)
+            && min > max
+        {
+            crossed = true;
+            self.problem(
+                "autoscale.min",
+                format!(
+                    "{min} is more than autoscale.max ({max}); expected min <= max, the fewest \
+                     containers kept running and the most started"
+                ),
+            );
+        }
+        // A draining container is stopped at drain_max whatever its users do: an idle time
+        // longer than that could never be waited for.
+        if let (Some(idle), Some(drain)) = (session_idle, drain_max)
+            && idle > drain
+        {
+            crossed = true;
+            self.problem(
+                "autoscale.session_idle",
+                format!(
+                    "{} is longer than autoscale.drain_max ({}); expected at most drain_max, \
+                     which stops a draining container in any case",
+                    humantime::format_duration(idle),
+                    humantime::format_duration(drain)
+                ),
+            );
+        }
+        if crossed {
+            return None;
+        }
+        Some(Autoscale {
+            docker: docker?,
+            service: service?,
+            min: u32::try_from(min?).ok()?,
+            max: u32::try_from(max?).ok()?,
+            target_inflight: u32::try_from(target_inflight?).ok()?,
+            up_after: up_after?,
+            down_after: down_after?,
+            session_idle: session_idle?,
+            drain_max: drain_max?,
+            hold: hold?,
+            hold_limit: usize::try_from(hold_limit?).ok()?,
+            start_timeout: start_timeout?,
+        })
+    }
+
+    /// The engine's address, kept as written (trimmed): the forms `DOCKER_HOST` takes that
+    /// need no TLS and no ssh, which are the ones sweeplb's engine client speaks.
+    fn docker(&mut self, text: &str) -> Option<String> {
+        let text = text.trim();
+        match docker_address(text) {
+            Ok(()) => Some(text.to_string()),
+            Err(why) => {
+                self.problem(
+                    "autoscale.docker",
+                    format!("{text:?} is not a Docker engine address ({why}); {DOCKER_FORMS}"),
+                );
+                None
+            }
+        }
+    }
+
+    fn service(&mut self, name: Option<String>) -> Option<String> {
+        const KEY: &str = "autoscale.service";
+        const ACCEPTED: &str = "expected the compose or swarm service to scale: 1-63 letters, \
+                                digits, _ . -, starting with a letter or digit";
+        let Some(name) = name else {
+            self.problem(KEY, format!("missing; {ACCEPTED}, like webapp"));
+            return None;
+        };
+        let valid = (1..=63).contains(&name.len())
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b));
+        if valid {
+            Some(name)
+        } else {
+            self.problem(KEY, format!("{name:?} is not a service name; {ACCEPTED}"));
+            None
+        }
+    }
+
+    /// A duration within `range`, zero included when the range starts at zero; refused,
+    /// like [`Validator::int`], naming the bounds.
+    fn duration_within(
+        &mut self,
+        key: &str,
+        text: Option<String>,
+        default: &str,
+        range: RangeInclusive<Duration>,
+    ) -> Option<Duration> {
+        let text = text.unwrap_or_else(|| default.to_string());
+        let bounds = format!(
+            "{}-{}",
+            humantime::format_duration(*range.start()),
+            humantime::format_duration(*range.end())
+        );
+        match humantime::parse_duration(&text) {
+            Ok(d) if range.contains(&d) => Some(d),
+            Ok(_) => {
+                self.problem(key, format!("{text:?} is out of range; expected {bounds}"));
+                None
+            }
+            Err(_) => {
+                self.problem(
+                    key,
+                    format!("{text:?} is not a duration; expected {bounds}, like 2s or 1m"),
+                );
+                None
+            }
+        }
+    }
+
     fn cross_checks(&mut self, c: &Config) {
         if c.admin.listen == Some(c.listen) {
             self.problem(
@@ -657,6 +852,60 @@ impl<'a> Validator<'a> {
             }
         }
     }
+}
+
+/// Whether `text` is an engine address sweeplb can use; if not, why, in a few words.
+fn docker_address(text: &str) -> Result<(), String> {
+    if text.is_empty() {
+        return Err("empty".into());
+    }
+    if let Some(path) = text.strip_prefix("unix://") {
+        return if path.len() > 1 && path.starts_with('/') && !path.ends_with('/') {
+            Ok(())
+        } else {
+            Err(format!("{path:?} is not an absolute path to a socket"))
+        };
+    }
+    let Some(authority) = text
+        .strip_prefix("tcp://")
+        .or_else(|| text.strip_prefix("http://"))
+    else {
+        return Err(match text.split_once("://") {
+            Some((scheme, _)) => format!("the scheme {scheme}:// is not supported"),
+            None => "no unix://, tcp:// or http:// scheme".into(),
+        });
+    };
+    // An IPv6 address is bracketed, as in a URL: tcp://[::1]:2375.
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() => (host, port),
+        _ => return Err("no host:port".into()),
+    };
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => host.parse::<std::net::Ipv4Addr>().is_ok() || host_name(host),
+    };
+    if !host_ok {
+        return Err(format!("{host:?} is not a host name or IP address"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p != 0 => Ok(()),
+        _ => Err(format!("the port {port:?} is not 1-65535")),
+    }
+}
+
+/// A host name: dot-separated labels of letters, digits and inner hyphens (RFC 1123), and
+/// underscores, which compose service names (a socket proxy's, say) often have and Docker's
+/// DNS resolves.
+fn host_name(host: &str) -> bool {
+    host.len() <= 253
+        && host.split('.').all(|label| {
+            (1..=63).contains(&label.len())
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn display_count(n: u128) -> String {

@@ -148,6 +148,22 @@ fn check_prints_what_it_would_sweep() {
     assert!(out.contains("127.77.62.0/24 (254 addresses)"), "{out}");
     assert!(out.contains("addresses       268"), "{out}");
     assert!(out.contains("port            4000"), "{out}");
+    assert!(out.contains("autoscale       off"), "{out}");
+    // `check` names the service and the bounds; it does not contact the engine.
+    let path = write_config(
+        "autoscale.yaml",
+        "discovery:\n  subnets: [127.77.62.0/24]\nautoscale:\n  docker: tcp://127.0.0.1:2375\n  \
+         service: webapp\n  min: 0\n  max: 3\n",
+    );
+    let (code, out, err) = sweeplb(&["check", "--config", path.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(
+            "autoscale       service webapp, 0-3 containers, target 8 in flight each, via \
+             tcp://127.0.0.1:2375"
+        ),
+        "{out}"
+    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! and one module per area.
 
 mod admin;
+mod autoscale;
 mod autoscale_docker;
 mod dashboard;
 mod discovery;

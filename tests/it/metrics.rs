@@ -19,7 +19,7 @@ use crate::support::{
 
 /// One sample of the exposition: its name, labels and value.
 #[derive(Debug, Clone, PartialEq)]
-struct Sample {
+pub(crate) struct Sample {
     name: String,
     labels: BTreeMap<String, String>,
     value: f64,
@@ -27,7 +27,7 @@ struct Sample {
 
 /// The samples of a text exposition (format 0.0.4), comments left out. Label values here
 /// are addresses, words and versions: no escapes to undo.
-fn samples(text: &str) -> Vec<Sample> {
+pub(crate) fn samples(text: &str) -> Vec<Sample> {
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
         .map(|line| {
@@ -66,7 +66,7 @@ fn samples(text: &str) -> Vec<Sample> {
 
 /// The value of the series `name` with exactly `labels` (`pool="default"` is added unless
 /// `labels` names a pool or the series is about the process), if it is exported.
-fn value(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+pub(crate) fn value(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     let mut want: BTreeMap<String, String> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -89,7 +89,7 @@ fn must(all: &[Sample], name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 /// The exposition as a scraper gets it: checks the status and content type.
-async fn scrape(lb: &Balancer) -> String {
+pub(crate) async fn scrape(lb: &Balancer) -> String {
     let resp = client()
         .get(lb.url("/_lb/metrics"))
         .send()
@@ -102,7 +102,7 @@ async fn scrape(lb: &Balancer) -> String {
 }
 
 /// Whether `program` can run; under `CI=true` a missing one is a failure, not a skip.
-fn available(test: &str, program: &str) -> bool {
+pub(crate) fn available(test: &str, program: &str) -> bool {
     match Command::new(program).arg("--version").output() {
         Ok(o) if o.status.success() => true,
         other => {
@@ -123,7 +123,7 @@ fn available(test: &str, program: &str) -> bool {
 }
 
 /// `promtool check metrics` on `text`: its verdict and what it said.
-fn promtool(text: &str) -> (bool, String) {
+pub(crate) fn promtool(text: &str) -> (bool, String) {
     let mut child = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
