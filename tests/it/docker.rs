@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
 
-use crate::autoscale_docker::autoscale_lab;
+use crate::autoscale_docker::{autoscale_lab, autoscale_never_healthy};
 use crate::support::docker::{
     Cleanup, Compose, Lab, build_images, container_ip, docker, engine_available, finished_at,
     free_port, identity_secret, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
@@ -81,15 +81,19 @@ async fn compose_lab_and_swarm_stack() {
     let compose = AssertUnwindSafe(compose_lab(&tag)).catch_unwind().await;
     let swarm = AssertUnwindSafe(swarm_stack(&tag)).catch_unwind().await;
     let autoscale = AssertUnwindSafe(autoscale_lab(&tag)).catch_unwind().await;
+    let never_healthy = AssertUnwindSafe(autoscale_never_healthy(&tag))
+        .catch_unwind()
+        .await;
     drop(cleanup);
     eprintln!(
-        "[docker] build and the three scenarios took {:.1?}",
+        "[docker] build and all scenarios took {:.1?}",
         started.elapsed()
     );
     for (scenario, result) in [
         ("compose lab", compose),
         ("swarm stack", swarm),
         ("autoscaling", autoscale),
+        ("autoscaling fault", never_healthy),
     ] {
         if let Err(panic) = result {
             eprintln!("[docker] the {scenario} scenario failed (its panic is above)");
