@@ -893,7 +893,11 @@ impl Controller {
             Decision::Down { .. } if acted => Some("down"),
             _ => None,
         };
-        let reason = decision.why().to_string();
+        let reason = if self.engine.is_none() {
+            "the Docker engine is not reachable: not scaling".to_string()
+        } else {
+            decision.why().to_string()
+        };
         self.links.status.update(|r| {
             r.running = counts.running;
             r.starting = counts.starting;
