@@ -644,4 +644,143 @@ mod tests {
         println!("stop of a missing container: {gone}");
         assert_eq!(gone.class(), "api");
     }
+
+    /// Removes the swarm the test made, its service and network, and the node's
+    /// `docker_gwbridge` if the swarm made it.
+    struct LeaveSwarm {
+        had_gwbridge: bool,
+    }
+
+    impl Drop for LeaveSwarm {
+        fn drop(&mut self) {
+            let quiet = |args: &[&str]| Command::new("docker").args(args).output();
+            let _ = quiet(&["service", "rm", "engtest_web"]);
+            // The service's containers go after `service rm` returns; its network only then.
+            for _ in 0..60 {
+                let left = quiet(&[
+                    "ps",
+                    "-aq",
+                    "--filter",
+                    "label=com.docker.swarm.service.name=engtest_web",
+                ]);
+                if left.is_ok_and(|o| o.stdout.is_empty()) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            let _ = quiet(&["network", "rm", "engtest_sw"]);
+            let _ = quiet(&["swarm", "leave", "--force"]);
+            if !self.had_gwbridge {
+                let _ = quiet(&["network", "rm", "docker_gwbridge"]);
+            }
+        }
+    }
+
+    /// The swarm half of [`by_hand`]: a single-node swarm it makes (and leaves), one
+    /// replicated service on an overlay network of its own (10.77.77.0/24).
+    #[tokio::test]
+    #[ignore = "needs the Docker engine, no swarm on it, and the images of docker/build.sh"]
+    async fn swarm_by_hand() {
+        let tag = std::env::var("SWEEPLB_TAG").unwrap_or_else(|_| "engine-check".into());
+        let image = format!("sweeplb-webapp:{tag}");
+        let subnet = "10.77.77.0/24";
+        let subnets: Vec<IpNet> = vec![subnet.parse().unwrap()];
+        let state = docker(&["info", "-f", "{{.Swarm.LocalNodeState}}"]);
+        assert_eq!(state, "inactive", "runs only on an engine in no swarm");
+        let had_gwbridge = Command::new("docker")
+            .args(["network", "inspect", "docker_gwbridge"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        let _leave = LeaveSwarm { had_gwbridge };
+        docker(&["swarm", "init", "--advertise-addr", "127.0.0.1"]);
+        docker(&[
+            "network",
+            "create",
+            "-d",
+            "overlay",
+            "--subnet",
+            subnet,
+            "engtest_sw",
+        ]);
+        docker(&[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            "engtest_web",
+            "--replicas",
+            "1",
+            "--network",
+            "engtest_sw",
+            "--endpoint-mode",
+            "dnsrr",
+            &image,
+        ]);
+        let spec_before = docker(&[
+            "service",
+            "inspect",
+            "-f",
+            "{{json .Spec.TaskTemplate}}",
+            "engtest_web",
+        ]);
+
+        let engine = Engine::connect(SOCKET, "engtest_web", &subnets, Duration::from_secs(10))
+            .await
+            .expect("connects");
+        println!("mode: {:?}", engine.mode);
+        assert!(matches!(engine.mode, Mode::Swarm { .. }));
+        assert_eq!(engine.service_replicas().await.expect("reads"), 1);
+
+        engine.scale_service(2).await.expect("scales");
+        assert_eq!(engine.service_replicas().await.expect("reads"), 2);
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let replicas = loop {
+            let replicas = engine.replicas().await.expect("lists");
+            if replicas
+                .iter()
+                .filter(|r| r.running() && r.addr.is_some())
+                .count()
+                == 2
+            {
+                break replicas;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "two tasks within 60 s: {replicas:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        show("replicas after scale_service(2)", &replicas);
+        let mut numbers: Vec<_> = replicas.iter().map(|r| r.number).collect();
+        numbers.sort();
+        assert_eq!(numbers, [Some(1), Some(2)]);
+        assert!(
+            replicas
+                .iter()
+                .all(|r| r.addr.is_some_and(|a| subnets[0].contains(&a)))
+        );
+        let spec_after = docker(&[
+            "service",
+            "inspect",
+            "-f",
+            "{{json .Spec.TaskTemplate}}",
+            "engtest_web",
+        ]);
+        assert_eq!(spec_after, spec_before, "only the count changed");
+
+        let refused = engine
+            .create_from(&replicas[0])
+            .await
+            .expect_err("swarm's to do");
+        println!("create_from in swarm mode: {refused}");
+        let refused = engine
+            .start(&replicas[0].id)
+            .await
+            .expect_err("swarm's to do");
+        println!("start in swarm mode: {refused}");
+
+        engine.scale_service(1).await.expect("scales down");
+        assert_eq!(engine.service_replicas().await.expect("reads"), 1);
+    }
 }
