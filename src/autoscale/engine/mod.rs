@@ -783,4 +783,111 @@ mod tests {
         engine.scale_service(1).await.expect("scales down");
         assert_eq!(engine.service_replicas().await.expect("reads"), 1);
     }
+
+    /// Takes the compose project down, pass or fail.
+    struct ComposeDown {
+        dir: std::path::PathBuf,
+    }
+
+    impl Drop for ComposeDown {
+        fn drop(&mut self) {
+            let file = self.dir.join("compose.yaml");
+            let _ = Command::new("docker-compose")
+                .args(["-p", "engcompose", "-f"])
+                .arg(&file)
+                .args(["down", "-v", "--remove-orphans"])
+                .output();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// [`by_hand`] on a container docker-compose made (v1 here: `{project}_{service}_{n}`),
+    /// with a published port, a bind-mounted file and compose's hardening options, as in
+    /// docker/compose.yaml.
+    #[tokio::test]
+    #[ignore = "needs the Docker engine, docker-compose and the images of docker/build.sh"]
+    async fn compose_by_hand() {
+        let tag = std::env::var("SWEEPLB_TAG").unwrap_or_else(|_| "engine-check".into());
+        let subnet = "192.168.78.0/24";
+        let subnets: Vec<IpNet> = vec![subnet.parse().unwrap()];
+        let dir = std::env::temp_dir().join(format!("sweeplb-engcompose-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let _down = ComposeDown { dir: dir.clone() };
+        std::fs::write(dir.join("mounted.txt"), "mounted\n").expect("a file to mount");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        std::fs::write(
+            dir.join("compose.yaml"),
+            format!(
+                "version: \"3.8\"\n\
+                 services:\n  web:\n    image: sweeplb-webapp:{tag}\n\
+                 \x20   ports: [\"127.0.0.1:{port}:3000\"]\n\
+                 \x20   volumes: [\"./mounted.txt:/mounted.txt:ro\"]\n\
+                 \x20   networks: [lab]\n    stop_grace_period: 4s\n    read_only: true\n\
+                 \x20   cap_drop: [ALL]\n    security_opt: [\"no-new-privileges:true\"]\n\
+                 networks:\n  lab:\n    ipam:\n      config: [{{subnet: \"{subnet}\"}}]\n"
+            ),
+        )
+        .expect("a compose file");
+        let out = Command::new("docker-compose")
+            .args(["-p", "engcompose", "-f"])
+            .arg(dir.join("compose.yaml"))
+            .args(["up", "-d"])
+            .output()
+            .expect("docker-compose runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+
+        let engine = Engine::connect(SOCKET, "web", &subnets, Duration::from_secs(10))
+            .await
+            .expect("connects");
+        assert_eq!(
+            engine.mode,
+            Mode::Compose {
+                project: "engcompose".into()
+            }
+        );
+        let replicas = engine.replicas().await.expect("lists");
+        show("compose replicas", &replicas);
+        assert_eq!(replicas.len(), 1);
+
+        let new = engine
+            .create_from(&replicas[0])
+            .await
+            .expect("creates and starts");
+        show("create_from", std::slice::from_ref(&new));
+        assert_eq!(new.name, "engcompose_web_2");
+        assert!(new.running() && new.addr.is_some_and(|a| subnets[0].contains(&a)));
+        let host = docker(&[
+            "inspect",
+            "-f",
+            "{{json .HostConfig.PortBindings}} {{json .HostConfig.Binds}} {{.Config.StopTimeout}}",
+            &new.id,
+        ]);
+        println!("its port bindings, binds, stop timeout: {host}");
+        assert!(host.starts_with("{} ["), "{host}");
+        assert!(host.contains("mounted.txt:/mounted.txt:ro"), "{host}");
+        assert!(host.ends_with(" 4"), "{host}");
+        let ps = Command::new("docker-compose")
+            .args(["-p", "engcompose", "-f"])
+            .arg(dir.join("compose.yaml"))
+            .args(["ps"])
+            .output()
+            .expect("docker-compose runs");
+        let ps = String::from_utf8_lossy(&ps.stdout);
+        println!("docker-compose ps:\n{ps}");
+        assert!(
+            ps.contains("engcompose_web_2"),
+            "compose counts it as its own: {ps}"
+        );
+
+        engine.stop(&new.id).await.expect("stops");
+        engine.remove(&new.id).await.expect("removes");
+        assert_eq!(engine.replicas().await.expect("lists").len(), 1);
+    }
 }
