@@ -94,9 +94,10 @@ pub(crate) struct Engine {
 const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Engine {
-    /// Connects to `docker` (`unix:///path` or `tcp://host:port`), agrees on an API version,
-    /// and finds `service`: a swarm service of that name if the engine is a swarm manager
-    /// that has one, else the compose service's containers (running or not). With containers
+    /// Connects to `docker` (`unix:///path`, or `tcp://host:port` / `http://host:port` in
+    /// plain HTTP), agrees on an API version, and finds `service`: a swarm service of that
+    /// name if the engine is a swarm manager that has one, else the compose service's
+    /// containers (running or not). With containers
     /// of that service in several compose projects, the balancer's own project is taken (its
     /// container is found by its hostname); if that does not settle it, an error names them.
     /// `subnets` are the swept ranges: a replica's address is the one it has inside them.
@@ -122,7 +123,9 @@ impl Engine {
         })
     }
 
-    /// Every container of the service, running or not, oldest first.
+    /// Every container of the service, running or not, oldest first. In a swarm, the
+    /// containers of this node's tasks, with the exited ones of replaced tasks that swarm keeps
+    /// as history: there the count to go by is [`Engine::service_replicas`].
     pub(crate) async fn replicas(&self) -> Result<Vec<Replica>, EngineError> {
         let labels = match &self.mode {
             Mode::Compose { project } => vec![
