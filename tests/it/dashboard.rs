@@ -377,10 +377,14 @@ async fn the_page_shows_autoscaling_and_an_unreachable_engine() {
         .expect("open the dashboard");
     eventually(SHOWN_WITHIN, async || {
         let text = page.text("autoscale").await;
-        let hidden = page.eval("return document.getElementById('scaled').hidden;").await;
+        let hidden = page
+            .eval("return document.getElementById('scaled').hidden;")
+            .await;
         (text == "Autoscalingoff" && hidden == json!(true))
             .then_some(())
-            .ok_or(format!("without autoscale: {text:?}, table hidden: {hidden}"))
+            .ok_or(format!(
+                "without autoscale: {text:?}, table hidden: {hidden}"
+            ))
     })
     .await;
 
