@@ -18,8 +18,6 @@
 //! - `status.rs`: what `/_lb/health`, `/_lb/metrics` and the dashboard show.
 
 mod decide;
-// Until the bollard implementation lands, parts of the interface are unused.
-#[allow(dead_code)]
 mod engine;
 mod status;
 
@@ -134,6 +132,7 @@ enum Done {
     },
     /// Swarm: the replica count was set.
     Scaled {
+        from: Option<u64>,
         to: u64,
         result: Result<(), EngineError>,
     },
@@ -400,11 +399,11 @@ impl Controller {
                     Err(e) => self.failed("removing a container", &e),
                 }
             }
-            Done::Scaled { to, result } => {
+            Done::Scaled { from, to, result } => {
                 self.pending = 0;
                 self.listed = None;
                 match result {
-                    Ok(()) => info!(replicas = to, "autoscaling: swarm service scaled"),
+                    Ok(()) => info!(from, replicas = to, "autoscaling: swarm service scaled"),
                     Err(e) => {
                         self.swarm_wanted = None;
                         self.failed("scaling the swarm service", &e);
@@ -785,8 +784,11 @@ impl Controller {
         self.swarm_wanted = Some(to);
         self.pending = 1;
         self.spawn(async move {
+            // The count the service has now, for the log: it includes tasks still starting.
+            let from = engine.service_replicas().await.ok();
             let result = engine.scale_service(u64::from(to)).await;
             Done::Scaled {
+                from,
                 to: u64::from(to),
                 result,
             }
@@ -893,7 +895,11 @@ impl Controller {
             Decision::Down { .. } if acted => Some("down"),
             _ => None,
         };
-        let reason = decision.why().to_string();
+        let reason = if self.engine.is_none() {
+            "the Docker engine is not reachable: not scaling".to_string()
+        } else {
+            decision.why().to_string()
+        };
         self.links.status.update(|r| {
             r.running = counts.running;
             r.starting = counts.starting;

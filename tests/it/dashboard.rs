@@ -352,6 +352,62 @@ async fn the_page_shows_backends_join_and_leave_live() {
     page.close().await;
 }
 
+/// Autoscaling's section: "off" without the block; with it, the service, the engine's state
+/// (here an engine that cannot be reached) and the containers table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_page_shows_autoscaling_and_an_unreachable_engine() {
+    let net = Net::new(163);
+    let app = webapp(net.addr(10));
+    let socket = std::env::temp_dir().join(format!("sweeplb-it-dash-{}.sock", std::process::id()));
+    let yaml = net.config(
+        "",
+        &format!(
+            "autoscale:\n  docker: unix://{}\n  service: shop\n  min: 2\n  max: 4\n",
+            socket.display()
+        ),
+    );
+    let lb = Balancer::found(&yaml, &[app.addr]).await;
+    let plain = Balancer::found(&net.config("", ""), &[app.addr]).await;
+    let Some(page) = Browser::start("dashboard autoscaling", 1200, 900).await else {
+        return;
+    };
+    page.client()
+        .goto(&plain.url("/_lb/"))
+        .await
+        .expect("open the dashboard");
+    eventually(SHOWN_WITHIN, async || {
+        let text = page.text("autoscale").await;
+        let hidden = page
+            .eval("return document.getElementById('scaled').hidden;")
+            .await;
+        (text == "Autoscalingoff" && hidden == json!(true))
+            .then_some(())
+            .ok_or(format!(
+                "without autoscale: {text:?}, table hidden: {hidden}"
+            ))
+    })
+    .await;
+
+    page.client()
+        .goto(&lb.url("/_lb/"))
+        .await
+        .expect("open the dashboard");
+    eventually(SHOWN_WITHIN, async || {
+        let text = page.text("autoscale").await;
+        let shown = ["shop", "cannot reach the Docker engine", "min 2, max 4"]
+            .iter()
+            .all(|want| text.contains(want));
+        let table = page.text("scaled").await;
+        (shown && table.contains("No running container"))
+            .then_some(())
+            .ok_or(format!("autoscale section: {text:?}; table: {table:?}"))
+    })
+    .await;
+    page.close().await;
+    lb.stop().await;
+    plain.stop().await;
+}
+
 /// The page, its script and its style over HTTP, as a browser gets them: one origin, no
 /// caching without revalidation, and HEAD answered like GET without a body.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -118,10 +118,6 @@ function facts(id, pairs) {
   $(id).replaceChildren(...items);
 }
 
-function shown(v) {
-  return v !== null && typeof v === "object" ? JSON.stringify(v) : String(v);
-}
-
 function render(h, at, now) {
   const counts = {};
   for (const b of h.backends || []) counts[b.state] = (counts[b.state] || 0) + 1;
@@ -153,10 +149,45 @@ function render(h, at, now) {
     ["Diverted by bounded load", h.bounded_load_diverted],
   ]);
 
-  const a = h.autoscale;
-  facts("autoscale", a !== null && typeof a === "object"
-    ? Object.entries(a).map(([k, v]) => [k, shown(v)])
-    : [["Autoscaling", "off"]]);
+  autoscale(h.autoscale, now);
+}
+
+// Autoscaling: the counts against the limits, the load against the target, the last decision
+// and the containers it acts on; "off" when the config has no autoscale block.
+function autoscale(a, now) {
+  if (a === null || typeof a !== "object") {
+    facts("autoscale", [["Autoscaling", "off"]]);
+    $("scaled").hidden = true;
+    return;
+  }
+  const d = a.last_decision;
+  const s = a.last_start;
+  facts("autoscale", [
+    ["Service", a.service + (a.mode ? " (" + a.mode + ")" : "")],
+    ["Engine", a.engine],
+    ["Containers", [a.running + " running", a.starting + " starting", a.draining + " draining",
+      a.stopping + " stopping"].join(", ") + "; desired " + a.desired +
+      " (min " + a.min + ", max " + a.max + ")"],
+    ["In flight", a.inflight + " (target " + a.target_inflight + " per backend)" +
+      (a.held > 0 ? ", " + a.held + " held" : "")],
+    ["Now", a.reason],
+    ["Last change", d ? d.action + " " + d.from + " \u2192 " + d.to + ": " + d.reason : "none"],
+    ["Changed", d ? when(d.at, now) : "-"],
+    ["Last start", s ? s.container + ": answered after " +
+      (s.start_to_answer_ms === null ? "-" : s.start_to_answer_ms + " ms") +
+      ", routed after " + s.start_to_routed_ms + " ms" : "none yet"],
+    ["Backing off until", a.backoff_until ? when(a.backoff_until, now) : "-"],
+    ["Engine errors", a.errors],
+  ]);
+  const rows = (a.containers || []).map((c) => {
+    const tr = row([c.name, el("span", c.state, { class: "state", "data-state": c.state }),
+      c.addr || "-", c.id, c.since ? when(c.since, now, true) : "-"]);
+    tr.dataset.state = c.state;
+    return tr;
+  });
+  if (rows.length === 0) rows.push(empty(5, "No running container of the service."));
+  $("scaled").tBodies[0].replaceChildren(...rows);
+  $("scaled").hidden = false;
 }
 
 async function poll() {
