@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::support::docker::{
-    Cleanup, Compose, Lab, container_ip, docker, engine_available, finished_at, free_port,
-    identity_secret, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
+    Cleanup, Compose, Lab, container_ip, docker, engine_available, engine_start, finished_at,
+    free_port, identity_secret, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
+    timestamped_logs,
 };
 use crate::support::{User, chain, client, eventually};
 
@@ -1221,38 +1222,41 @@ async fn scale_to_zero(
         held.load(Ordering::SeqCst),
         "/_lb/health counted the request held"
     );
-    let (h, _) = lb
-        .wait(FEW_SECONDS, "last_start", |h| {
-            h.autoscale()["last_start"].is_object()
-        })
-        .await;
-    let last_start = h.autoscale()["last_start"].clone();
     let name = inspect(&["container", "inspect", &id])["Name"]
         .as_str()
         .unwrap_or_default()
         .trim_start_matches('/')
         .to_string();
-    assert_eq!(last_start["container"], name.as_str(), "{last_start:#}");
+    // The controller notes the start at its next tick after the pool routed it.
+    let (h, _) = lb
+        .wait(
+            FEW_SECONDS,
+            "last_start naming the started container",
+            |h| h.autoscale()["last_start"]["container"] == name.as_str(),
+        )
+        .await;
+    let last_start = h.autoscale()["last_start"].clone();
 
-    // The same container's own start-to-healthy, measured from here: stopped, started again,
-    // its /health polled every 5 ms from before `docker start`, at its old address and, if
-    // the start gave it another, at that one.
+    // The same container's own start-to-healthy, measured from here: stopped, then started
+    // with the engine call the balancer makes, and its /health polled every 5 ms from the
+    // moment the call returns. Not before: probing an address whose interface does not exist
+    // yet leaves the host's ARP entry unresolved for up to a second after it appears (it read
+    // 1.0-1.2 s for a start the webapp's own log put at 0.5 s). Its log's "webapp listening"
+    // line, stamped by the engine, is a second measure.
     let old = container_ip(&id, network);
     run_async(docker(&["stop", &id])).await;
-    let t = Instant::now();
-    let mut starting = tokio::spawn(async move {
-        let id = run_async(docker(&["start", &id])).await;
-        (id, Instant::now())
-    });
+    let (t, t_wall) = (Instant::now(), SystemTime::now());
+    let status = engine_start(&id).await;
+    let call = t.elapsed();
+    assert_eq!(status, Ok(204), "POST /containers/{id}/start");
+    let addr = container_ip(&id, network);
+    let url = format!("http://{addr}:{WEBAPP_PORT}/health");
     let http = reqwest::Client::builder()
         .no_proxy()
         .timeout(Duration::from_millis(200))
         .build()
         .expect("a client");
-    let mut addr = old;
-    let mut cli_returned = None;
     let healthy = loop {
-        let url = format!("http://{addr}:{WEBAPP_PORT}/health");
         if http
             .get(&url)
             .send()
@@ -1261,22 +1265,20 @@ async fn scale_to_zero(
         {
             break t.elapsed();
         }
-        if cli_returned.is_none() && starting.is_finished() {
-            let (id, at) = (&mut starting).await.expect("docker start");
-            cli_returned = Some(at.duration_since(t));
-            addr = container_ip(&id, network);
-        }
         assert!(
             t.elapsed() < Duration::from_secs(10),
-            "{url} healthy within 10 s of docker start"
+            "{url} healthy within 10 s of the start call"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    let cli = match cli_returned {
-        Some(at) => at,
-        None => starting.await.expect("docker start").1.duration_since(t),
-    };
-    let moved = if container_ip(&running[0], network) == old {
+    let log = timestamped_logs(&id, t_wall - Duration::from_secs(1));
+    let listening = log
+        .lines()
+        .filter(|l| l.contains("webapp listening"))
+        .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
+        .filter_map(|at| at.duration_since(t_wall).ok())
+        .last();
+    let same = if container_ip(&id, network) == old {
         "the same address"
     } else {
         "another address"
@@ -1286,12 +1288,17 @@ async fn scale_to_zero(
         "[autoscale] scale to zero: reloaded to min 0, no webapp running {to_zero:.1?} later; \
          the next request held and answered 200 by {name} (started for it) in {}; the \
          balancer's last_start {last_start}; the container's own start-to-healthy, from \
-         `docker start` (the CLI returned after {}; {moved}) to its /health answering \
-         (polled every 5 ms): {}; added {}",
+         `POST /containers/{{id}}/start` (which returned after {}; {same}) to its /health \
+         answering (polled every 5 ms once the call returned): {} (its log says listening \
+         at {}); added {}",
         ms(latency),
-        ms(cli),
+        ms(call),
         ms(healthy),
-        ms(latency.saturating_sub(healthy)),
+        listening.map_or("?".to_string(), ms),
+        format!(
+            "{:+.0} ms",
+            (latency.as_secs_f64() - healthy.as_secs_f64()) * 1e3
+        ),
     );
 }
 

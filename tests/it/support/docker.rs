@@ -81,6 +81,23 @@ pub fn logs(id: &str) -> String {
     )
 }
 
+/// A container's log since `since`, both streams, each line led by the engine's RFC 3339
+/// timestamp of when it was written.
+pub fn timestamped_logs(id: &str, since: SystemTime) -> String {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default();
+    let o = docker(&["logs", "--timestamps", "--since", &since, id])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker logs: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Without blocking the runtime, so the simulated users keep going meanwhile.
 pub async fn run_async(mut cmd: Command) -> String {
     tokio::task::spawn_blocking(move || run(&mut cmd))
@@ -535,4 +552,30 @@ impl Metrics {
     pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
         self.matching(name, labels).iter().sum()
     }
+}
+
+/// `POST /containers/{id}/start` on the engine's socket, as the balancer calls it (no CLI in
+/// between, so a start can be timed like the balancer's own); the answer's status.
+pub async fn engine_start(id: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = "/var/run/docker.sock";
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect {socket}: {e}"))?;
+    let request = format!(
+        "POST /containers/{id}/start HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write to {socket}: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read from {socket}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in the engine's answer: {text}"))
 }
