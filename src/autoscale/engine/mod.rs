@@ -806,7 +806,8 @@ mod tests {
 
     /// [`by_hand`] on a container docker-compose made (v1 here: `{project}_{service}_{n}`),
     /// with a published port, a bind-mounted file and compose's hardening options, as in
-    /// docker/compose.yaml.
+    /// docker/compose.yaml. Its service is `cweb`, not `web`: with [`by_hand`] running beside
+    /// it, `web` would be in two projects.
     #[tokio::test]
     #[ignore = "needs the Docker engine, docker-compose and the images of docker/build.sh"]
     async fn compose_by_hand() {
@@ -825,7 +826,7 @@ mod tests {
             dir.join("compose.yaml"),
             format!(
                 "version: \"3.8\"\n\
-                 services:\n  web:\n    image: sweeplb-webapp:{tag}\n\
+                 services:\n  cweb:\n    image: sweeplb-webapp:{tag}\n\
                  \x20   ports: [\"127.0.0.1:{port}:3000\"]\n\
                  \x20   volumes: [\"./mounted.txt:/mounted.txt:ro\"]\n\
                  \x20   networks: [lab]\n    stop_grace_period: 4s\n    read_only: true\n\
@@ -846,7 +847,7 @@ mod tests {
             String::from_utf8_lossy(&out.stderr)
         );
 
-        let engine = Engine::connect(SOCKET, "web", &subnets, Duration::from_secs(10))
+        let engine = Engine::connect(SOCKET, "cweb", &subnets, Duration::from_secs(10))
             .await
             .expect("connects");
         assert_eq!(
@@ -864,7 +865,7 @@ mod tests {
             .await
             .expect("creates and starts");
         show("create_from", std::slice::from_ref(&new));
-        assert_eq!(new.name, "engcompose_web_2");
+        assert_eq!(new.name, "engcompose_cweb_2");
         assert!(new.running() && new.addr.is_some_and(|a| subnets[0].contains(&a)));
         let host = docker(&[
             "inspect",
@@ -885,7 +886,7 @@ mod tests {
         let ps = String::from_utf8_lossy(&ps.stdout);
         println!("docker-compose ps:\n{ps}");
         assert!(
-            ps.contains("engcompose_web_2"),
+            ps.contains("engcompose_cweb_2"),
             "compose counts it as its own: {ps}"
         );
 
