@@ -521,6 +521,26 @@ mod tests {
     }
 
     #[test]
+    fn autoscaling_changes_live_but_is_not_turned_on_or_off() {
+        let on = "autoscale:\n  service: webapp\n";
+        let old = config(on);
+        let new = config("autoscale:\n  service: webapp\n  max: 9\n  down_after: 1m\n");
+        let d = diff(&old, &new);
+        assert_eq!(d.changed, ["autoscale.max", "autoscale.down_after"]);
+        assert!(d.refused.is_empty(), "{:?}", d.refused);
+        for (from, to, word) in [("", on, "added"), (on, "", "removed")] {
+            let d = diff(&config(from), &config(to));
+            assert_eq!(d.refused.len(), 1, "{:?}", d.refused);
+            assert!(
+                d.refused[0].starts_with(&format!("autoscale: {word}")),
+                "{:?}",
+                d.refused
+            );
+            assert!(d.refused[0].contains("restart"), "{:?}", d.refused);
+        }
+    }
+
+    #[test]
     fn listeners_and_pins_are_refused_with_the_key_and_the_reason() {
         let old = config("balance:\n  pin_secret: one-secret-of-enough-length\n");
         let table: &[(&str, &str, &str)] = &[

@@ -460,8 +460,14 @@ impl Controller {
             Decision::Down { .. } => current.saturating_sub(1),
             Decision::Stay { .. } => current,
         };
-        let acted = (engine_ok && (!self.replicas.is_empty() || self.is_swarm()))
-            && self.act(&decision, &snapshot, &counts, now);
+        // Until the pool has settled (the first sweep's finds have had their `rise` checks),
+        // a running container not routed yet is not missing: acting then would start one too
+        // many at every balancer start.
+        let ready = engine_ok
+            && snapshot.routing.settled()
+            && self.listed.is_some()
+            && (!self.replicas.is_empty() || self.is_swarm());
+        let acted = ready && self.act(&decision, &snapshot, &counts, now);
         self.publish(
             &snapshot, &counts, desired, inflight, held, &decision, acted, now,
         );
