@@ -1277,28 +1277,25 @@ async fn scale_to_zero(
         .filter(|l| l.contains("webapp listening"))
         .filter_map(|l| humantime::parse_rfc3339(l.split_whitespace().next()?).ok())
         .filter_map(|at| at.duration_since(t_wall).ok())
-        .last();
+        .next_back();
     let same = if container_ip(&id, network) == old {
         "the same address"
     } else {
         "another address"
     };
     let ms = |d: Duration| format!("{:.0} ms", d.as_secs_f64() * 1e3);
+    let added = (latency.as_secs_f64() - healthy.as_secs_f64()) * 1e3;
     eprintln!(
         "[autoscale] scale to zero: reloaded to min 0, no webapp running {to_zero:.1?} later; \
          the next request held and answered 200 by {name} (started for it) in {}; the \
          balancer's last_start {last_start}; the container's own start-to-healthy, from \
          `POST /containers/{{id}}/start` (which returned after {}; {same}) to its /health \
          answering (polled every 5 ms once the call returned): {} (its log says listening \
-         at {}); added {}",
+         at {}); added {added:+.0} ms",
         ms(latency),
         ms(call),
         ms(healthy),
         listening.map_or("?".to_string(), ms),
-        format!(
-            "{:+.0} ms",
-            (latency.as_secs_f64() - healthy.as_secs_f64()) * 1e3
-        ),
     );
 }
 
@@ -1341,10 +1338,11 @@ pub(crate) async fn autoscale_never_healthy(tag: &str) {
         &config,
         Some(overrides),
     );
-    // The webapp first, running, then the balancer: at `up` the balancer may find compose's
-    // container created and not yet started, start it as one of its own, and then give up on
-    // it and remove it, leaving nothing to copy (seen in a run). Here it must find a running
-    // replica to copy, as an operator's stack would have.
+    // The webapp first, running, then the balancer, so that what the balancer finds is a
+    // running replica to copy, as an operator's stack would have. (Before the controller
+    // waited for the pool to settle, a balancer racing compose's `up` found the container
+    // created but not started, started it as its own, gave up on it and removed it, leaving
+    // nothing to copy.)
     run(&mut lab.command(&["up", "--detach", "--no-deps", "webapp"]));
     let template = lab.container("webapp");
     run(&mut lab.command(&["up", "--detach", "--no-deps", "balancer"]));
