@@ -2,7 +2,7 @@
 //! (`docker/compose.yaml`) and the swarm stack (`docker/stack.yaml`), driven the way a user
 //! drives them, through `docker`, `docker-compose` and HTTP from the host; and, from the same
 //! test, the autoscaling lab (issue 11, `docker/compose.autoscale.yaml`), whose scenario is
-//! in tests/it/autoscale_docker.rs.
+//! in tests/it/autoscale_docker/.
 //!
 //! Traffic goes only to 127.0.0.1 and to containers these tests start, on networks they (or
 //! the swarm they initialise) create. Every container, network, image tag and swarm they create
@@ -66,7 +66,7 @@ const MAX_ROUNDS: usize = 1000;
 
 /// One test, so the images are built once per run and every scenario tests the same binary
 /// (a second `build.sh` would rebuild if the sources changed in between): the compose lab, the
-/// swarm stack and the autoscaling lab (tests/it/autoscale_docker.rs). Each scenario's
+/// swarm stack and the autoscaling lab (tests/it/autoscale_docker/). Each scenario's
 /// failure is caught, so the others still run and report; the test fails if any did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_lab_and_swarm_stack() {
