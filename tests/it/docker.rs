@@ -1,6 +1,8 @@
 //! End-to-end tests on the real Docker engine (issue 3): `docker/build.sh`, the compose lab
 //! (`docker/compose.yaml`) and the swarm stack (`docker/stack.yaml`), driven the way a user
-//! drives them, through `docker`, `docker-compose` and HTTP from the host.
+//! drives them, through `docker`, `docker-compose` and HTTP from the host; and, from the same
+//! test, the autoscaling lab (issue 11, `docker/compose.autoscale.yaml`), whose scenario is
+//! in tests/it/autoscale_docker/.
 //!
 //! Traffic goes only to 127.0.0.1 and to containers these tests start, on networks they (or
 //! the swarm they initialise) create. Every container, network, image tag and swarm they create
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt as _;
 
+use crate::autoscale_docker::{autoscale_lab, autoscale_never_healthy};
 use crate::support::docker::{
     Cleanup, Compose, Lab, build_images, container_ip, docker, engine_available, finished_at,
     free_port, identity_secret, inspect, ip, logs, output, quiet, repo, run, run_async, started_at,
@@ -61,9 +64,10 @@ const WEBAPP_CLOSE: Duration = Duration::from_secs(5);
 /// A hard cap on load rounds per phase, whatever happens to the phase's own deadline.
 const MAX_ROUNDS: usize = 1000;
 
-/// One test, so the images are built once per run and both scenarios test the same binary
-/// (a second `build.sh` would rebuild if the sources changed in between). Each scenario's
-/// failure is caught, so the other still runs and reports; the test fails if either did.
+/// One test, so the images are built once per run and every scenario tests the same binary
+/// (a second `build.sh` would rebuild if the sources changed in between): the compose lab, the
+/// swarm stack and the autoscaling lab (tests/it/autoscale_docker/). Each scenario's
+/// failure is caught, so the others still run and report; the test fails if any did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compose_lab_and_swarm_stack() {
     if !engine_available("the Docker tests", &[]) {
@@ -76,12 +80,21 @@ async fn compose_lab_and_swarm_stack() {
     eprintln!("[docker] build.sh took {build:.1?}");
     let compose = AssertUnwindSafe(compose_lab(&tag)).catch_unwind().await;
     let swarm = AssertUnwindSafe(swarm_stack(&tag)).catch_unwind().await;
+    let autoscale = AssertUnwindSafe(autoscale_lab(&tag)).catch_unwind().await;
+    let never_healthy = AssertUnwindSafe(autoscale_never_healthy(&tag))
+        .catch_unwind()
+        .await;
     drop(cleanup);
     eprintln!(
-        "[docker] build and both scenarios took {:.1?}",
+        "[docker] build and all scenarios took {:.1?}",
         started.elapsed()
     );
-    for (scenario, result) in [("compose lab", compose), ("swarm stack", swarm)] {
+    for (scenario, result) in [
+        ("compose lab", compose),
+        ("swarm stack", swarm),
+        ("autoscaling", autoscale),
+        ("autoscaling fault", never_healthy),
+    ] {
         if let Err(panic) = result {
             eprintln!("[docker] the {scenario} scenario failed (its panic is above)");
             std::panic::resume_unwind(panic);
@@ -105,6 +118,8 @@ async fn compose_lab(tag: &str) {
         tag: tag.to_string(),
         publish: format!("127.0.0.1:{port}"),
         secret: identity_secret(&mut cleanup, "compose"),
+        files: Vec::new(),
+        env: Vec::new(),
     };
     cleanup.push("docker-compose down", {
         let mut down = lab.command(&["down", "--volumes", "--remove-orphans", "--timeout", "5"]);

@@ -3,6 +3,7 @@
 
 mod admin;
 mod autoscale;
+mod autoscale_docker;
 mod dashboard;
 mod discovery;
 mod docker;

@@ -81,6 +81,23 @@ pub fn logs(id: &str) -> String {
     )
 }
 
+/// A container's log since `since`, both streams, each line led by the engine's RFC 3339
+/// timestamp of when it was written.
+pub fn timestamped_logs(id: &str, since: SystemTime) -> String {
+    let since = since
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs().to_string())
+        .unwrap_or_default();
+    let o = docker(&["logs", "--timestamps", "--since", &since, id])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run docker logs: {e}"));
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
 /// Without blocking the runtime, so the simulated users keep going meanwhile.
 pub async fn run_async(mut cmd: Command) -> String {
     tokio::task::spawn_blocking(move || run(&mut cmd))
@@ -218,26 +235,62 @@ pub fn identity_secret(cleanup: &mut Cleanup, name: &str) -> PathBuf {
     path
 }
 
-/// One project of docker/compose.yaml, under a name, an image tag and an identity secret of
-/// this run's own.
+/// One project of a compose file (docker/compose.yaml unless `files` says otherwise), under a
+/// name, an image tag and an identity secret of this run's own.
+#[derive(Clone)]
 pub struct Compose {
     pub project: String,
     pub tag: String,
     pub publish: String,
     pub secret: PathBuf,
+    /// The compose files, in order (later ones override); empty: docker/compose.yaml.
+    pub files: Vec<PathBuf>,
+    /// More variables for the files' interpolation (SWEEPLB_DOCKER_GID, ...).
+    pub env: Vec<(&'static str, String)>,
 }
 
 impl Compose {
     pub fn command(&self, args: &[&str]) -> Command {
         let mut c = Command::new("docker-compose");
-        c.arg("--file")
-            .arg(repo().join("docker/compose.yaml"))
-            .args(["--project-name", &self.project])
+        if self.files.is_empty() {
+            c.arg("--file").arg(repo().join("docker/compose.yaml"));
+        }
+        for file in &self.files {
+            c.arg("--file").arg(file);
+        }
+        c.args(["--project-name", &self.project])
             .args(args)
             .env("SWEEPLB_TAG", &self.tag)
             .env("SWEEPLB_PUBLISH", &self.publish)
-            .env("SWEEPLB_IDENTITY_SECRET_FILE", &self.secret);
+            .env("SWEEPLB_IDENTITY_SECRET_FILE", &self.secret)
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         c
+    }
+
+    /// Every container of the project, running or not, including those compose did not create
+    /// (the balancer's, which carry the project's labels): `down` may leave those behind.
+    pub fn remove_all(&self) {
+        let label = format!("label=com.docker.compose.project={}", self.project);
+        let ids = output(&mut docker(&["ps", "--all", "--quiet", "--filter", &label]));
+        for id in ids.split_whitespace() {
+            quiet(&mut docker(&["rm", "--force", "--volumes", id]));
+        }
+    }
+
+    /// Containers of `service`, running or not, by `docker ps --all` filters.
+    pub fn all(&self, service: &str) -> Vec<String> {
+        output(&mut docker(&[
+            "ps",
+            "--all",
+            "--quiet",
+            "--filter",
+            &format!("label=com.docker.compose.project={}", self.project),
+            "--filter",
+            &format!("label=com.docker.compose.service={service}"),
+        ]))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
     }
 
     pub fn running(&self, service: &str) -> Vec<String> {
@@ -311,6 +364,16 @@ impl Health {
             .filter_map(|b| Some((backend_ip(b)?, b["sessions"].as_u64()?)))
             .filter(|(_, n)| *n > 0)
             .collect()
+    }
+
+    /// The `autoscale` block (`Null` when autoscaling is off).
+    pub fn autoscale(&self) -> &Value {
+        &self.body["autoscale"]
+    }
+
+    /// A count of the `autoscale` block (`running`, `draining`, `held`, ...); 0 when absent.
+    pub fn scale(&self, field: &str) -> u64 {
+        self.autoscale()[field].as_u64().unwrap_or(0)
     }
 
     /// Users moved off their pinned backend since the balancer started, by reason.
@@ -413,4 +476,106 @@ impl Lab {
         })
         .await
     }
+}
+
+impl Lab {
+    /// `/_lb/metrics`, which must answer.
+    pub async fn metrics(&mut self) -> Metrics {
+        let text = self
+            .http
+            .get(format!("{}/_lb/metrics", self.base))
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .unwrap_or_else(|e| panic!("GET {}/_lb/metrics: {}", self.base, chain(&e)))
+            .text()
+            .await
+            .unwrap_or_else(|e| panic!("the exposition: {}", chain(&e)));
+        Metrics::parse(text)
+    }
+}
+
+/// A Prometheus exposition, parsed just enough: each sample's name, labels and value.
+pub struct Metrics {
+    pub text: String,
+    samples: Vec<(String, BTreeMap<String, String>, f64)>,
+}
+
+impl Metrics {
+    pub fn parse(text: String) -> Metrics {
+        let samples = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (series, value) = l.rsplit_once(' ')?;
+                let value: f64 = value.parse().ok()?;
+                let (name, labels) = match series.split_once('{') {
+                    Some((name, rest)) => (name, rest.trim_end_matches('}')),
+                    None => (series, ""),
+                };
+                // Label values here never hold a comma or a quote.
+                let labels = labels
+                    .split(',')
+                    .filter_map(|kv| {
+                        let (k, v) = kv.split_once('=')?;
+                        Some((k.trim().to_string(), v.trim_matches('"').to_string()))
+                    })
+                    .collect();
+                Some((name.to_string(), labels, value))
+            })
+            .collect();
+        Metrics { text, samples }
+    }
+
+    /// The samples of `name` that carry `labels` (among others).
+    fn matching(&self, name: &str, labels: &[(&str, &str)]) -> Vec<f64> {
+        self.samples
+            .iter()
+            .filter(|(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).is_some_and(|x| x == v))
+            })
+            .map(|(_, _, v)| *v)
+            .collect()
+    }
+
+    /// The one sample of `name` with `labels`, if exactly one matches.
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        match self.matching(name, labels)[..] {
+            [v] => Some(v),
+            _ => None,
+        }
+    }
+
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).iter().sum()
+    }
+}
+
+/// `POST /containers/{id}/start` on the engine's socket, as the balancer calls it (no CLI in
+/// between, so a start can be timed like the balancer's own); the answer's status.
+pub async fn engine_start(id: &str) -> Result<u16, String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let socket = "/var/run/docker.sock";
+    let mut s = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| format!("connect {socket}: {e}"))?;
+    let request = format!(
+        "POST /containers/{id}/start HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    );
+    s.write_all(request.as_bytes())
+        .await
+        .map_err(|e| format!("write to {socket}: {e}"))?;
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer)
+        .await
+        .map_err(|e| format!("read from {socket}: {e}"))?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| format!("no status in the engine's answer: {text}"))
 }
