@@ -909,7 +909,7 @@ impl Controller {
         self.links.status.update(|r| {
             r.running = counts.running;
             r.starting = counts.starting;
-            r.draining = counts.draining - stopping;
+            r.draining = counts.draining.saturating_sub(stopping);
             r.stopping = stopping;
             r.desired = desired;
             r.inflight = inflight;
