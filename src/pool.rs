@@ -565,6 +565,31 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_tunnel_counts_until_its_guard_drops() {
+        let addr = std::net::SocketAddr::from(([127, 77, 0, 10], 3000));
+        let b = Arc::new(Backend::new(addr, None, &PinKey::new(None)));
+        let routing = Routing::new(
+            vec![Arc::clone(&b)],
+            Vec::new(),
+            &[],
+            &[],
+            true,
+            &Routing::default(),
+        );
+        let local = Local::new(Arc::new(routing));
+        let mut guard = local.begin_request(0, 0);
+        let plain = local.begin_request(0, 1);
+        assert_eq!((b.inflight(), b.tunnels()), (2, 0));
+        guard.tunnel();
+        guard.tunnel();
+        assert_eq!((b.inflight(), b.tunnels()), (2, 1), "counted once");
+        drop(plain);
+        assert_eq!((b.inflight(), b.tunnels()), (1, 1));
+        drop(guard);
+        assert_eq!((b.inflight(), b.tunnels()), (0, 0));
+    }
+
+    #[test]
     fn status_classes() {
         for (status, class) in [
             (100, "1xx"),
