@@ -26,6 +26,9 @@
 //!   `/_lb/metrics`; `admin/dashboard.rs`: the page at `/_lb/`), read-only over the snapshot,
 //!   the proxy's and the prober's counters; `admin/access.rs` the `admin.allow` rule. With
 //!   `admin.listen` they are served on a listener of their own (`front::AdminFront`).
+//! - `autoscale`: the containers of one service started, drained and stopped to match the
+//!   in-flight load (`autoscale/decide.rs` the rule, `autoscale/engine/` the Docker Engine API);
+//!   it reads the pool and acts on membership only through the prober's commands.
 //! - [`reload`]: hot reload, a new config compared with the running one (`reload::diff`) and
 //!   handed to each component's live handle, or refused whole.
 //! - `identity`: the identity proof (`discovery.identity_secret`): a nonce per probe, the
@@ -48,6 +51,7 @@
 //!   the same way in every process, on every restart, on every replica.
 //! - A reload applies whole or not at all; it never rebinds a listener or re-keys a pin.
 //! - Nothing under `/_lb/` is ever forwarded.
+//! - Without an `autoscale:` block nothing talks to the Docker engine.
 //! - The sweep never probes the balancer's own listening address, and never a range that is not
 //!   loopback or attached to the host unless `allow_routed` says so: a [`Config`] cannot exist
 //!   otherwise.
