@@ -22,15 +22,22 @@ pub(crate) fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
 /// The value of cookie `name` in the request's `Cookie` headers; an empty value counts as
 /// none.
 pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .map(|(k, v)| (k, v.trim_matches('"')))
-        .find(|(k, v)| *k == name && !v.is_empty())
-        .map(|(_, v)| v)
+    // A byte scan: this runs on every request. `to_str` admits only visible ASCII, space and
+    // tab, so ASCII trimming is all the trimming there is.
+    for value in headers.get_all(header::COOKIE) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for pair in value.split(';') {
+            if let Some((k, v)) = pair.trim_ascii().split_once('=') {
+                let v = v.trim_matches('"');
+                if k == name && !v.is_empty() {
+                    return Some(v);
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

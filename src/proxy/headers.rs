@@ -8,9 +8,11 @@ use std::net::SocketAddr;
 use http::Version;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+const HOPS: usize = 8;
+
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1), besides those named in
 /// `Connection`.
-const HOP_BY_HOP: [HeaderName; 8] = [
+const HOP_BY_HOP: [HeaderName; HOPS] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -119,25 +121,46 @@ fn valid_host(value: &[u8]) -> bool {
 /// Removes hop-by-hop headers, including every header that `Connection` names, except those
 /// it may never name away ([`NEVER_NAMED_AWAY`]).
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names is cheaper than nine removals.
-    if !headers
-        .keys()
-        .any(|k| k == header::UPGRADE || HOP_BY_HOP.contains(k))
-    {
-        return;
+    // One pass over the fields finds what is there. Most messages carry no hop-by-hop field,
+    // or only `Connection: keep-alive` (every nginx response): then nothing is allocated and
+    // only the fields present are removed, each one lookup.
+    let mut present = [false; HOPS];
+    let mut upgrade = false;
+    let mut names_others = false;
+    for (name, value) in headers.iter() {
+        if name == header::UPGRADE {
+            upgrade = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            if *name == header::CONNECTION {
+                names_others |= value.as_bytes().split(|&b| b == b',').any(|token| {
+                    let token = token.trim_ascii();
+                    !token.is_empty() && !token.eq_ignore_ascii_case(b"keep-alive")
+                });
+            }
+        }
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .filter(|name| !NEVER_NAMED_AWAY.contains(name))
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
+    if names_others {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .filter(|name| !NEVER_NAMED_AWAY.contains(name))
+            .collect();
+        for name in &named {
+            headers.remove(name);
+        }
     }
-    headers.remove(header::UPGRADE);
+    for (name, here) in HOP_BY_HOP.iter().zip(present) {
+        if here {
+            headers.remove(name);
+        }
+    }
+    if upgrade {
+        headers.remove(header::UPGRADE);
+    }
 }
 
 pub(super) fn prepare_request(
@@ -216,6 +239,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn a_connection_that_names_only_keep_alive_loses_just_the_hop_by_hop_fields() {
+        // nginx's every response: the path that allocates nothing.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("Keep-Alive, "),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "x-kept"]);
     }
 
     #[test]
