@@ -8,6 +8,8 @@
 #   bench/profile.sh            writes bench/results/profile-*.txt and prints the summary
 #   bench/profile.sh --binary=PATH   profiles another sweeplb build (say, the one before a
 #                               change) instead of building this tree's; same output files
+#   bench/profile.sh --keep     keeps the callgrind files (path printed at the end), for
+#                               `callgrind_annotate --tree=caller` on what the summary shows
 #
 # Loopback only (127.80.3.0/29 and 127.80.9.6-7), bounded (wrk -d), cleaned up on exit.
 # perf is not used because this machine's perf cannot read hardware counters
@@ -25,10 +27,12 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 sweeplb=target/release/sweeplb
+keep=0
 for arg in "$@"; do
     case "$arg" in
         --binary=*) sweeplb="${arg#--binary=}" ;;
-        *) echo "profile.sh: unknown argument $arg (expected --binary=PATH)" >&2; exit 2 ;;
+        --keep) keep=1 ;;
+        *) echo "profile.sh: unknown argument $arg (expected --binary=PATH or --keep)" >&2; exit 2 ;;
     esac
 done
 if [ "$sweeplb" = target/release/sweeplb ]; then
@@ -40,7 +44,7 @@ pids=()
 cleanup() {
     local rc=$?
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    if [ "$rc" = 0 ]; then rm -rf "$work"; else echo "profile.sh: logs kept in $work" >&2; fi
+    if [ "$rc" = 0 ] && [ "$keep" = 0 ]; then rm -rf "$work"; else echo "profile.sh: logs kept in $work" >&2; fi
 }
 trap cleanup EXIT
 
@@ -109,6 +113,19 @@ ready() { # wait until an HTTP GET of $1 answers 200
     return 1
 }
 
+pinned_cookie() { # the cookie a returning client sends to $1: the pinned one if it sets one
+    python3 - "$1" <<'PY'
+import http.client, sys
+host, port = sys.argv[1].split(":")
+c = http.client.HTTPConnection(host, int(port), timeout=5)
+c.request("GET", "/", headers={"Cookie": "sweeplb=bench"})
+r = c.getresponse()
+r.read()
+set_cookie = r.getheader("Set-Cookie") or ""
+print(set_cookie.split(";")[0] if set_cookie.startswith("sweeplb=") else "sweeplb=bench")
+PY
+}
+
 profile() { # name, listen, argv...
     local name=$1 listen=$2
     shift 2
@@ -116,10 +133,14 @@ profile() { # name, listen, argv...
     local pid=$!
     pids+=($pid)
     ready "$listen/"
+    # A returning client, as in bench.py: a balancer that pins sessions answers the key-only
+    # cookie with its pinned one, which the load then sends (no Set-Cookie per response).
+    local cookie
+    cookie=$(pinned_cookie "$listen")
     # Warm: connections open, caches filled, then count only the measured window.
-    wrk -t1 -c8 -d3s -H 'Cookie: sweeplb=bench' "http://$listen/" > /dev/null
+    wrk -t1 -c8 -d3s -H "Cookie: $cookie" "http://$listen/" > /dev/null
     callgrind_control -z "$pid" > /dev/null
-    wrk -t1 -c8 -d10s -H 'Cookie: sweeplb=bench' "http://$listen/" > "$work/$name.wrk"
+    wrk -t1 -c8 -d10s -H "Cookie: $cookie" "http://$listen/" > "$work/$name.wrk"
     callgrind_control -d "$pid" > /dev/null
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
@@ -131,7 +152,7 @@ profile() { # name, listen, argv...
     # `head` closes the pipe early; that is not a failure.
     set +o pipefail
     {
-        echo "# $name under callgrind: $requests requests (wrk -t1 -c8 -d10s), counted window only"
+        echo "# $name under callgrind: $requests requests (wrk -t1 -c8 -d10s, Cookie: $cookie), counted window only"
         echo "# exclusive (self) cost by function"
         callgrind_annotate --threshold=100 --auto=no --inclusive=no "$dump" 2>/dev/null | sed -n '/file:function/,$p' | head -70
         echo
