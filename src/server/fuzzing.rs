@@ -85,7 +85,8 @@ fn drive(data: &[u8]) {
         _ => (Duration::MAX, true),
     };
     let capacity = usize::from(data.get(1).copied().unwrap_or(0)) % 64 + 1;
-    let head = Head::new(limit);
+    // The same allowance between requests: an idle connection past it reads as closed.
+    let head = Head::new(limit, limit);
     let steps = Rc::new(RefCell::new(VecDeque::new()));
     let mut socket = Watched::new(Script(Rc::clone(&steps)), Arc::clone(&head));
     let mut cx = Context::from_waker(Waker::noop());

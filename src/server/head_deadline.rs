@@ -1,23 +1,26 @@
-//! The request-head deadline of a client connection, kept apart from its keep-alive idle time.
+//! The two deadlines of a client connection waiting for a request head, kept apart: the
+//! keep-alive idle time (`timeouts.idle`, from the end of the last response, or from the
+//! connection's start) and the head's own time (`timeouts.header_read`, from a head's first
+//! byte).
 //!
-//! hyper has one timer for both: `header_read_timeout` runs from the moment a connection starts
-//! waiting for a request head, so an idle keep-alive connection and a slowloris client get the
-//! same allowance. The proxy gives hyper's timer the idle allowance (`timeouts.idle`) and
-//! enforces `timeouts.header_read` here, from the first byte of a head, on every head, finished
-//! or not: a read that arrives more than `header_read` after a head's first byte, with that head
-//! still not complete, fails the connection (a client that dribbles), and so does the deadline
-//! passing while hyper waits for the rest of a head (a client that sent part of one and then
-//! nothing: it would otherwise hold its buffer until `timeouts.idle`).
+//! `header_read` holds on every head, finished or not: a read that arrives more than
+//! `header_read` after a head's first byte, with that head still not complete, fails the
+//! connection (a client that dribbles), and so does the deadline passing while hyper waits for
+//! the rest of a head (a client that sent part of one and then nothing: it would otherwise
+//! hold its buffer until `timeouts.idle`). An idle connection past `idle` reads as closed by
+//! its client, and hyper closes it.
 //!
-//! A head that arrives whole in one read costs one clock read and no timer: the timer is armed
-//! only when hyper asks for more bytes of a head it has begun, once per connection and then
-//! reset, never allocated per request.
+//! One timer per connection, armed the first time it waits and then moved lazily: a timer set
+//! earlier than the deadline is left to fire and only then moved on, so a busy keep-alive
+//! connection, whose idle deadline moves with every request, touches the timer wheel about
+//! once per idle period, not per request. (hyper's own `header_read_timeout` made and dropped
+//! a timer for every request.)
 
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -30,6 +33,10 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub struct Head {
     opened: Instant,
     limit_ms: u64,
+    idle_ms: u64,
+    /// When the connection last became idle (its last response written out), in ms since
+    /// `opened`; 0 until then.
+    idle_since: AtomicU64,
     /// Requests whose response has not been written out yet.
     busy: AtomicU32,
     /// When the first byte of the awaited head was read, in ms since `opened`, plus one;
@@ -40,10 +47,13 @@ pub struct Head {
 }
 
 impl Head {
-    pub fn new(limit: Duration) -> Arc<Head> {
+    /// `limit` for a head from its first byte, `idle` between requests.
+    pub fn new(limit: Duration, idle: Duration) -> Arc<Head> {
         Arc::new(Head {
             opened: Instant::now(),
             limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
+            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            idle_since: AtomicU64::new(0),
             busy: AtomicU32::new(0),
             first_byte: AtomicU64::new(0),
             off: AtomicBool::new(false),
@@ -57,17 +67,27 @@ impl Head {
         Done(Arc::clone(self))
     }
 
-    /// When the head being read must be complete: `Some` only while a head has begun and is
-    /// not complete yet.
-    fn deadline(&self) -> Option<tokio::time::Instant> {
+    /// What the connection waits for now, and until when: `None` while a request is being
+    /// answered or the connection is a tunnel.
+    fn deadline(&self) -> Option<(Waiting, tokio::time::Instant)> {
         if self.off.load(Ordering::Relaxed) || self.busy.load(Ordering::Relaxed) > 0 {
             return None;
         }
-        let first = self.first_byte.load(Ordering::Relaxed).checked_sub(1)?;
-        let at = self
-            .opened
-            .checked_add(Duration::from_millis(first.checked_add(self.limit_ms)?))?;
-        Some(tokio::time::Instant::from_std(at))
+        let (waiting, ms) = match self.first_byte.load(Ordering::Relaxed).checked_sub(1) {
+            Some(first) => (Waiting::Head, first.checked_add(self.limit_ms)?),
+            None => (
+                Waiting::Idle,
+                self.idle_since
+                    .load(Ordering::Relaxed)
+                    .checked_add(self.idle_ms)?,
+            ),
+        };
+        let at = self.opened.checked_add(Duration::from_millis(ms))?;
+        Some((waiting, tokio::time::Instant::from_std(at)))
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
     }
 
     /// The connection switched protocols.
@@ -80,9 +100,7 @@ impl Head {
         if self.off.load(Ordering::Relaxed) || self.busy.load(Ordering::Relaxed) > 0 {
             return Ok(());
         }
-        let now = u64::try_from(self.opened.elapsed().as_millis())
-            .unwrap_or(u64::MAX - 1)
-            .saturating_add(1);
+        let now = self.now_ms().saturating_add(1);
         match self.first_byte.load(Ordering::Relaxed) {
             0 => {
                 self.first_byte.store(now, Ordering::Relaxed);
@@ -106,15 +124,25 @@ pub struct Done(Arc<Head>);
 
 impl Drop for Done {
     fn drop(&mut self) {
+        self.0.idle_since.store(self.0.now_ms(), Ordering::Relaxed);
         self.0.busy.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// What a connection with no request in flight is waiting for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    /// The first byte of its next request.
+    Idle,
+    /// The rest of a head it has begun.
+    Head,
 }
 
 /// A client connection's socket, its reads watched for the head deadline.
 pub struct Watched<S> {
     inner: S,
     head: Arc<Head>,
-    /// Armed the first time hyper waits for the rest of a head, then reset for later ones.
+    /// Armed the first time the connection waits, then moved lazily (see the module's text).
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
@@ -134,24 +162,38 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // hyper reads again with a head begun and not complete: the head came in pieces, and
-        // the rest must come before the deadline, whether or not any more bytes do.
-        if let Some(at) = self.head.deadline() {
+        let mut idle_over = false;
+        if let Some((waiting, at)) = self.head.deadline() {
             let timer = self
                 .timer
                 .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
-            if timer.deadline() != at {
+            if timer.deadline() > at {
                 timer.as_mut().reset(at);
             }
-            if timer.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head not complete within header_read of its first byte",
-                )));
+            // Fired: the deadline passed, or the timer was set for an earlier one (the last
+            // idle period's) and is moved on now.
+            while timer.as_mut().poll(cx).is_ready() {
+                if tokio::time::Instant::now() >= at {
+                    if waiting == Waiting::Head {
+                        return Poll::Ready(Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "request head not complete within header_read of its first byte",
+                        )));
+                    }
+                    idle_over = true;
+                    break;
+                }
+                timer.as_mut().reset(at);
             }
         }
         let before = buf.filled().len();
-        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        match Pin::new(&mut self.inner).poll_read(cx, buf) {
+            // Idle past `idle` with nothing to read: read as the client's close, so hyper ends
+            // the connection quietly. A request that is already there is taken.
+            Poll::Pending if idle_over => return Poll::Ready(Ok(())),
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(r) => r?,
+        }
         if buf.filled().len() > before {
             self.head.read()?;
         }
@@ -230,7 +272,7 @@ mod tests {
 
     #[test]
     fn the_clock_runs_from_a_heads_first_byte_and_only_between_requests() {
-        let head = Head::new(Duration::ZERO);
+        let head = Head::new(Duration::ZERO, Duration::from_secs(60));
         // Bytes between requests start the clock; with no allowance the next read is late...
         head.read().unwrap();
         std::thread::sleep(Duration::from_millis(5));
@@ -255,7 +297,7 @@ mod tests {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let limit = Duration::from_millis(100);
         let (mut client, server) = tokio::io::duplex(1024);
-        let head = Head::new(limit);
+        let head = Head::new(limit, Duration::from_secs(60));
         let mut io = Watched::new(server, Arc::clone(&head));
         let mut buf = [0u8; 64];
 

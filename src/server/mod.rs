@@ -25,7 +25,6 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioTimer;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -221,16 +220,14 @@ impl From<Settings> for LiveSettings {
 /// hyper's connection builder for `settings`.
 fn http_builder(settings: &Settings) -> hyper::server::conn::http1::Builder {
     let mut http = hyper::server::conn::http1::Builder::new();
-    // hyper's head timer runs from when a connection starts waiting, so it is given the
-    // idle allowance; `header_read` is counted from a head's first byte (`head_deadline`).
-    // The timer is what makes `header_read_timeout` real: without one hyper skips it.
-    // `max_header_size` rather than `max_buf_size`: the latter also caps how much of a
-    // body one read takes and how much of a response is buffered for writing, and its
-    // overflow is checked against the whole buffer, pipelined requests included.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(settings.idle.max(settings.header_read))
-        .max_header_size(settings.max_head)
-        .keep_alive(true);
+    // No timer for hyper: both waits for a head, `idle` between requests and `header_read`
+    // from a head's first byte, are kept by `head_deadline` with one lazily moved timer per
+    // connection, where hyper's `header_read_timeout` made a timer per request. Without a
+    // timer hyper keeps none of its own. `max_header_size` rather than `max_buf_size`: the
+    // latter also caps how much of a body one read takes and how much of a response is
+    // buffered for writing, and its overflow is checked against the whole buffer, pipelined
+    // requests included.
+    http.max_header_size(settings.max_head).keep_alive(true);
     http
 }
 
@@ -285,7 +282,7 @@ impl<S: Service> Worker<S> {
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let head = Head::new(settings.header_read);
+        let head = Head::new(settings.header_read, settings.idle);
         let io = Watched::new(
             WriteDeadline::new(stream, settings.write_stall),
             Arc::clone(&head),

@@ -258,12 +258,20 @@ async fn an_idle_keep_alive_client_waits_idle_not_header_read() {
             .await
             .starts_with("http/1.1 200 ok\r\n")
     );
-    // Left idle, it is closed (after `idle`); bounded at 10 s.
+    // Left idle, it is closed after `idle` counted from its last response, not from its
+    // first one (the idle timer is moved on lazily: it first fires ~1.1 s from now, for the
+    // first idle period, and must not close then); bounded at 10 s.
+    let idle_from = std::time::Instant::now();
     let mut buf = [0u8; 64];
     let closed = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await;
+    let after = idle_from.elapsed();
     assert!(
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "an idle connection was not closed: {closed:?}"
+    );
+    assert!(
+        after >= Duration::from_millis(1800),
+        "closed {after:?} after its last response, before `idle` (2 s)"
     );
     lb.stop().await;
 }
