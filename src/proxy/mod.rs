@@ -463,7 +463,7 @@ impl Worker {
                 let reused = conn.reused;
                 let read_before = conn.bytes_read();
                 let sent = conn.send.try_send_request(request);
-                let (failure, error) = match wait_response(sent, response_timeout, backend).await {
+                let (failure, error) = match wait_response(sent, response_timeout, backend, &mut conn.wait).await {
                     Waited::Response(Ok(resp))
                         if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
                     {
@@ -617,26 +617,39 @@ enum Waited<T> {
     Gone,
 }
 
-/// Waits for a response head, at most `timeout`, or until the backend leaves the pool.
+/// Waits for a response head, at most `timeout`, or until the backend leaves the pool, on the
+/// connection's `timer`. The timer is moved lazily: one set earlier than this wait's first
+/// deadline (by an earlier request) is left to fire and only then moved on, so back-to-back
+/// requests on a connection touch the timer wheel about once per [`WATCH_GONE_AFTER`], not
+/// once each.
 async fn wait_response<F: Future>(
     send: F,
     timeout: Duration,
     backend: &Backend,
+    timer: &mut upstream::ResponseTimer,
 ) -> Waited<F::Output> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let now = tokio::time::Instant::now();
+    let watch_from = now + timeout.min(WATCH_GONE_AFTER);
     tokio::pin!(send);
-    let sleep = tokio::time::sleep(timeout.min(WATCH_GONE_AFTER));
-    tokio::pin!(sleep);
-    tokio::select! {
-        biased;
-        r = &mut send => return Waited::Response(r),
-        _ = &mut sleep => {}
+    if timer.deadline() > watch_from {
+        timer.as_mut().reset(watch_from);
     }
-    sleep.as_mut().reset(deadline);
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut send => return Waited::Response(r),
+            _ = timer.as_mut() => {}
+        }
+        if tokio::time::Instant::now() >= watch_from {
+            break;
+        }
+        timer.as_mut().reset(watch_from);
+    }
+    timer.as_mut().reset(now + timeout);
     tokio::select! {
         biased;
         r = &mut send => Waited::Response(r),
         _ = backend.gone().cancelled() => Waited::Gone,
-        _ = &mut sleep => Waited::TimedOut,
+        _ = timer.as_mut() => Waited::TimedOut,
     }
 }

@@ -56,6 +56,7 @@ struct Idle {
     read: Arc<AtomicU64>,
     /// What `read` said when the connection went idle.
     read_then: u64,
+    wait: ResponseTimer,
 }
 
 impl Idle {
@@ -98,7 +99,13 @@ pub(crate) struct Conn {
     /// Taken from the idle list rather than opened for this request.
     pub(crate) reused: bool,
     read: Arc<AtomicU64>,
+    /// Times the wait for each response on this connection: made once with the connection
+    /// and moved lazily, so a request does not make and drop a timer of its own.
+    pub(crate) wait: ResponseTimer,
 }
+
+/// A connection's timer for its responses (see [`super::wait_response`]).
+pub(crate) type ResponseTimer = Pin<Box<tokio::time::Sleep>>;
 
 impl Conn {
     /// Bytes read from the backend on this connection so far.
@@ -150,6 +157,7 @@ impl Connections {
                     send: idle.conn,
                     reused: true,
                     read: idle.read,
+                    wait: idle.wait,
                 });
             }
         }
@@ -185,6 +193,7 @@ impl Connections {
             send,
             reused: false,
             read,
+            wait: Box::pin(tokio::time::sleep(Duration::ZERO)),
         })
     }
 
@@ -210,6 +219,7 @@ impl Connections {
                 since: Instant::now(),
                 read_then: conn.read.load(Ordering::Relaxed),
                 read: conn.read,
+                wait: conn.wait,
             });
         }
     }
