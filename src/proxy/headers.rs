@@ -245,10 +245,7 @@ mod tests {
     fn a_connection_that_names_only_keep_alive_loses_just_the_hop_by_hop_fields() {
         // nginx's every response: the path that allocates nothing.
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("Keep-Alive, "),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("Keep-Alive, "));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));

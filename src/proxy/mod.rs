@@ -463,57 +463,59 @@ impl Worker {
                 let reused = conn.reused;
                 let read_before = conn.bytes_read();
                 let sent = conn.send.try_send_request(request);
-                let (failure, error) = match wait_response(sent, response_timeout, backend, &mut conn.wait).await {
-                    Waited::Response(Ok(resp))
-                        if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
-                    {
-                        match upgrade.take() {
-                            Some(on) => {
-                                let (status, took) = (resp.status().as_u16(), arrived.elapsed());
-                                routing.answered_now(index, self.index, status, took);
-                                return Ok((tunnel(resp, on, conn, guard, client), index));
-                            }
-                            None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
-                        }
-                    }
-                    Waited::Response(Ok(resp)) => {
-                        guard.answered(resp.status().as_u16(), arrived);
-                        let (parts, body) = resp.into_parts();
-                        let body = Paced::new(body, body_timeout);
-                        let idle = Arc::clone(&self.connections);
-                        let body = Returning::new(body, conn, idle, guard);
-                        return Ok((Response::from_parts(parts, Either::Left(body)), index));
-                    }
-                    Waited::Response(Err(mut e)) => {
-                        unsent = e.take_message();
-                        let source = e.into_error();
-                        match ClientFault::find(&source) {
-                            Some(Fault::Stalled) => {
-                                (Failure::Client, Error::ClientStalled { addr })
-                            }
-                            Some(Fault::Gone) => (Failure::Client, Error::ClientGone { addr }),
-                            Some(Fault::Malformed) => {
-                                (Failure::Client, Error::ClientMalformed { addr, source })
-                            }
-                            None => {
-                                let failure = Failure::Exchange {
-                                    unsent: unsent.is_some(),
-                                    reused,
-                                    answered: conn.bytes_read() > read_before,
-                                };
-                                (failure, Error::Backend { addr, source })
+                let (failure, error) =
+                    match wait_response(sent, response_timeout, backend, &mut conn.wait).await {
+                        Waited::Response(Ok(resp))
+                            if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                        {
+                            match upgrade.take() {
+                                Some(on) => {
+                                    let (status, took) =
+                                        (resp.status().as_u16(), arrived.elapsed());
+                                    routing.answered_now(index, self.index, status, took);
+                                    return Ok((tunnel(resp, on, conn, guard, client), index));
+                                }
+                                None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
                             }
                         }
-                    }
-                    Waited::TimedOut => (
-                        Failure::TimedOut,
-                        Error::Timeout {
-                            addr,
-                            timeout: response_timeout,
-                        },
-                    ),
-                    Waited::Gone => (Failure::Gone, Error::Gone { addr }),
-                };
+                        Waited::Response(Ok(resp)) => {
+                            guard.answered(resp.status().as_u16(), arrived);
+                            let (parts, body) = resp.into_parts();
+                            let body = Paced::new(body, body_timeout);
+                            let idle = Arc::clone(&self.connections);
+                            let body = Returning::new(body, conn, idle, guard);
+                            return Ok((Response::from_parts(parts, Either::Left(body)), index));
+                        }
+                        Waited::Response(Err(mut e)) => {
+                            unsent = e.take_message();
+                            let source = e.into_error();
+                            match ClientFault::find(&source) {
+                                Some(Fault::Stalled) => {
+                                    (Failure::Client, Error::ClientStalled { addr })
+                                }
+                                Some(Fault::Gone) => (Failure::Client, Error::ClientGone { addr }),
+                                Some(Fault::Malformed) => {
+                                    (Failure::Client, Error::ClientMalformed { addr, source })
+                                }
+                                None => {
+                                    let failure = Failure::Exchange {
+                                        unsent: unsent.is_some(),
+                                        reused,
+                                        answered: conn.bytes_read() > read_before,
+                                    };
+                                    (failure, Error::Backend { addr, source })
+                                }
+                            }
+                        }
+                        Waited::TimedOut => (
+                            Failure::TimedOut,
+                            Error::Timeout {
+                                addr,
+                                timeout: response_timeout,
+                            },
+                        ),
+                        Waited::Gone => (Failure::Gone, Error::Gone { addr }),
+                    };
                 let decision = attempt.decide(failure);
                 if decision != Decision::Fail {
                     debug!(%addr, ?failure, ?decision, error = %error, "upstream attempt failed");

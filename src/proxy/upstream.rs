@@ -28,8 +28,8 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use hyper::client::conn::http1::SendRequest;
-use rustc_hash::FxHashMap;
 use hyper_util::rt::TokioIo;
+use rustc_hash::FxHashMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
