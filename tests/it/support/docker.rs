@@ -277,34 +277,28 @@ impl Compose {
         }
     }
 
-    /// Containers of `service`, running or not, by `docker ps --all` filters.
+    /// Containers of `service`, running or not.
     pub fn all(&self, service: &str) -> Vec<String> {
-        output(&mut docker(&[
-            "ps",
-            "--all",
-            "--quiet",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+        self.ps(service, true)
     }
 
+    /// Running containers of `service`.
     pub fn running(&self, service: &str) -> Vec<String> {
-        output(&mut docker(&[
-            "ps",
-            "--quiet",
-            "--filter",
-            &format!("label=com.docker.compose.project={}", self.project),
-            "--filter",
-            &format!("label=com.docker.compose.service={service}"),
-        ]))
-        .split_whitespace()
-        .map(str::to_string)
-        .collect()
+        self.ps(service, false)
+    }
+
+    /// `docker ps` of the project's `service` containers, by label; stopped ones too with `all`.
+    fn ps(&self, service: &str, all: bool) -> Vec<String> {
+        let project = format!("label=com.docker.compose.project={}", self.project);
+        let service = format!("label=com.docker.compose.service={service}");
+        let mut args = vec!["ps", "--quiet", "--filter", &project, "--filter", &service];
+        if all {
+            args.push("--all");
+        }
+        output(&mut docker(&args))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect()
     }
 
     pub fn container(&self, service: &str) -> String {
