@@ -3,7 +3,7 @@
 //! the end and writes the request's access line once over ([`Returning`]).
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use super::access::Access;
-use super::upstream::{Conn, Connections};
+use super::upstream::Streaming;
 use crate::pool::InflightGuard;
 use crate::server::BoxError;
 
@@ -156,43 +156,25 @@ where
 }
 
 pin_project_lite::pin_project! {
-    /// A backend's response body on its way to the client. When it has been read to the end
-    /// the connection goes back to the idle list; dropped before that, the connection is closed,
-    /// since the rest of the response would still be on the wire.
+    /// A backend's response body on its way to the client: ends the request's in-flight count
+    /// and writes its access line once the body is over. The connection under it is the
+    /// body's own business ([`Streaming`]).
     pub(crate) struct Returning {
         #[pin]
-        inner: Paced<Incoming>,
-        conn: Option<Conn>,
-        idle: Arc<Connections>,
+        inner: Paced<Streaming>,
+        addr: SocketAddr,
         guard: Option<InflightGuard>,
         // The request's access line, written when the body ends or fails (taken and dropped),
         // or with the body (the client went away); `None` when the access log is off.
         access: Option<Box<Access>>,
     }
-
-    impl PinnedDrop for Returning {
-        fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            if let Some(conn) = this.conn.take() {
-                if this.inner.is_end_stream() {
-                    this.idle.checkin(conn);
-                }
-            }
-        }
-    }
 }
 
 impl Returning {
-    pub(crate) fn new(
-        inner: Paced<Incoming>,
-        conn: Conn,
-        idle: Arc<Connections>,
-        guard: InflightGuard,
-    ) -> Returning {
+    pub(crate) fn new(inner: Paced<Streaming>, addr: SocketAddr, guard: InflightGuard) -> Returning {
         Returning {
             inner,
-            conn: Some(conn),
-            idle,
+            addr,
             guard: Some(guard),
             access: None,
         }
@@ -221,17 +203,12 @@ impl Body for Returning {
                 }
             }
             Poll::Ready(None) => {
-                if let Some(conn) = this.conn.take() {
-                    this.idle.checkin(conn);
-                }
                 this.guard.take();
                 drop(this.access.take());
             }
             Poll::Ready(Some(Err(e))) => {
-                // The rest of the response is lost: close the connection, cut the client's.
-                if let Some(conn) = this.conn.take() {
-                    tracing::warn!(addr = %conn.addr, error = %e, "response body cut off");
-                }
+                // The rest of the response is lost: the connection is closed, the client's cut.
+                tracing::warn!(addr = %this.addr, error = %e, "response body cut off");
                 this.guard.take();
                 drop(this.access.take());
             }

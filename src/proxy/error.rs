@@ -30,7 +30,7 @@ pub(crate) enum Error {
     Backend {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: upstream::BackendError,
     },
     #[error("backend {addr} left the pool while the request was in flight")]
     Gone { addr: SocketAddr },
@@ -40,7 +40,7 @@ pub(crate) enum Error {
     ClientMalformed {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: crate::server::BoxError,
     },
     #[error("the client left in the middle of its request body to {addr}")]
     ClientGone { addr: SocketAddr },

@@ -33,6 +33,7 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
+use tokio::io::AsyncWriteExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::sync::mpsc;
@@ -51,7 +52,7 @@ pub(crate) use stats::TrafficStats;
 use stats::WorkerStats;
 pub(crate) use sticky::StickyStats;
 use sticky::{Plan, Sticky};
-use upstream::{ConnectError, Connections};
+use upstream::{ConnectError, Connections, Failed};
 
 /// What the client receives: a backend's streamed body, or one of ours.
 pub(crate) type ResponseBody = Either<Returning, Full<Bytes>>;
@@ -461,51 +462,50 @@ impl Worker {
             while let Some(request) = unsent.take().or_else(again) {
                 let mut guard = routing.begin_request(index, self.index);
                 let reused = conn.reused;
-                let read_before = conn.bytes_read();
-                let sent = conn.send.try_send_request(request);
+                let sent = conn.link.exchange(request);
                 let (failure, error) =
                     match wait_response(sent, response_timeout, backend, &mut conn.wait).await {
-                        Waited::Response(Ok(resp))
-                            if resp.status() == StatusCode::SWITCHING_PROTOCOLS =>
+                        Waited::Response(Ok(answer))
+                            if answer.head.status == StatusCode::SWITCHING_PROTOCOLS =>
                         {
                             match upgrade.take() {
                                 Some(on) => {
-                                    let (status, took) =
-                                        (resp.status().as_u16(), arrived.elapsed());
-                                    routing.answered_now(index, self.index, status, took);
-                                    return Ok((tunnel(resp, on, conn, guard, client), index));
+                                    let took = arrived.elapsed();
+                                    routing.answered_now(index, self.index, 101, took);
+                                    return Ok((tunnel(answer, on, conn, guard, client), index));
                                 }
                                 None => (Failure::UnaskedUpgrade, Error::UnaskedUpgrade { addr }),
                             }
                         }
-                        Waited::Response(Ok(resp)) => {
-                            guard.answered(resp.status().as_u16(), arrived);
-                            let (parts, body) = resp.into_parts();
-                            let body = Paced::new(body, body_timeout);
+                        Waited::Response(Ok(answer)) => {
+                            guard.answered(answer.head.status.as_u16(), arrived);
                             let idle = Arc::clone(&self.connections);
-                            let body = Returning::new(body, conn, idle, guard);
+                            let (parts, body) = answer.into_response(conn, idle);
+                            let body = Returning::new(Paced::new(body, body_timeout), addr, guard);
                             return Ok((Response::from_parts(parts, Either::Left(body)), index));
                         }
-                        Waited::Response(Err(mut e)) => {
-                            unsent = e.take_message();
-                            let source = e.into_error();
-                            match ClientFault::find(&source) {
+                        Waited::Response(Err(Failed::Client(source))) => {
+                            let fault: &(dyn std::error::Error + 'static) = source.as_ref();
+                            match ClientFault::find(fault) {
                                 Some(Fault::Stalled) => {
                                     (Failure::Client, Error::ClientStalled { addr })
                                 }
                                 Some(Fault::Gone) => (Failure::Client, Error::ClientGone { addr }),
-                                Some(Fault::Malformed) => {
-                                    (Failure::Client, Error::ClientMalformed { addr, source })
-                                }
-                                None => {
-                                    let failure = Failure::Exchange {
-                                        unsent: unsent.is_some(),
-                                        reused,
-                                        answered: conn.bytes_read() > read_before,
-                                    };
-                                    (failure, Error::Backend { addr, source })
-                                }
+                                _ => (Failure::Client, Error::ClientMalformed { addr, source }),
                             }
+                        }
+                        Waited::Response(Err(Failed::Backend {
+                            error,
+                            unsent: handed_back,
+                            answered,
+                        })) => {
+                            unsent = handed_back;
+                            let failure = Failure::Exchange {
+                                unsent: unsent.is_some(),
+                                reused,
+                                answered,
+                            };
+                            (failure, Error::Backend { addr, source: error })
                         }
                         Waited::TimedOut => (
                             Failure::TimedOut,
@@ -567,10 +567,11 @@ impl Worker {
 }
 
 /// The backend agreed to switch protocols: answers the client's 101 and, once hyper has handed
-/// over both sockets, copies bytes both ways until either side closes. The upstream connection
-/// is the tunnel's from now on, never returned to the idle list.
+/// over the client's socket, copies bytes both ways until either side closes. The upstream
+/// connection is the tunnel's from now on, never returned to the idle list; what the backend
+/// sent right behind its 101 goes to the client first.
 fn tunnel(
-    mut resp: Response<Incoming>,
+    answer: upstream::Answer,
     client_side: OnUpgrade,
     conn: upstream::Conn,
     mut guard: pool::InflightGuard,
@@ -578,34 +579,40 @@ fn tunnel(
 ) -> Response<ResponseBody> {
     guard.tunnel();
     let addr = conn.addr;
-    let backend_side = hyper::upgrade::on(&mut resp);
-    let (mut parts, _) = resp.into_parts();
-    let protocol = parts.headers.get(header::UPGRADE).cloned();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    parts
-        .headers
-        .insert(header::CONNECTION, headers::UPGRADE.clone());
+    let head = answer.head;
+    let protocol = head.headers.get(header::UPGRADE).cloned();
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    let headers = resp.headers_mut();
+    headers::strip_hop_by_hop(headers);
+    headers.insert(header::CONNECTION, headers::UPGRADE.clone());
     if let Some(protocol) = protocol {
-        parts.headers.insert(header::UPGRADE, protocol);
+        headers.insert(header::UPGRADE, protocol);
     }
     client.spawn(async move {
         let _in_flight = guard;
-        let (client, backend) = match tokio::try_join!(client_side, backend_side) {
-            Ok(both) => both,
+        let client = match client_side.await {
+            Ok(upgraded) => upgraded,
             Err(e) => {
                 debug!(%addr, error = %e, "upgrade did not complete");
                 return;
             }
         };
-        // hyper hands the sockets over only after both sides are done with HTTP.
-        drop(conn);
-        let (mut client, mut backend) = (TokioIo::new(client), TokioIo::new(backend));
+        let (mut backend, early) = conn.link.into_parts();
+        let mut client = TokioIo::new(client);
+        if !early.is_empty() {
+            if let Err(e) = client.write_all(&early).await {
+                debug!(%addr, error = %e, "tunnel ended");
+                return;
+            }
+        }
         match tokio::io::copy_bidirectional(&mut client, &mut backend).await {
             Ok((up, down)) => debug!(%addr, up, down, "tunnel closed"),
             Err(e) => debug!(%addr, error = %e, "tunnel ended"),
         }
     });
-    Response::from_parts(parts, Either::Right(Full::new(Bytes::new())))
+    resp
 }
 
 /// How long a request waits for its response head before it also watches for its backend

@@ -1,0 +1,440 @@
+//! HTTP/1.1 as sweeplb speaks it to a backend, in bytes: the request head written from a
+//! request's parts, the response head read with `httparse`, the response's framing (RFC 9112
+//! §6.3) and its chunked coding (§7.1).
+//!
+//! Strict where a backend could make the proxy and the client disagree on where a response
+//! ends: two different `Content-Length`s, a malformed length or chunk size, bare LF line ends,
+//! obs-fold and whitespace before a colon are the backend's failure (a 502), never guessed at.
+//! A message the proxy cannot tell the end of but by the connection closing is read to its
+//! close and the connection is not used again. Pure functions over a buffer: no I/O, so they
+//! are tested and fuzzed byte by byte ([`crate::fuzzing`]'s `response` target).
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// The largest response head accepted, status line and fields. nginx's default
+/// `proxy_buffer_size` is 4-8 KiB and HAProxy's whole buffer 16 KiB; a backend's head larger
+/// than this is refused with 502.
+pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
+
+/// Fields in one response head or trailer section, as hyper allowed.
+const MAX_FIELDS: usize = 100;
+
+/// The longest chunk extension read (and dropped) on one chunk-size line.
+const MAX_CHUNK_EXT: usize = 4 * 1024;
+
+/// A backend broke the protocol, or the connection broke under the exchange.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum BackendError {
+    #[error("malformed response head: {0}")]
+    Head(#[from] httparse::Error),
+    #[error("response head larger than {MAX_RESPONSE_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("invalid or conflicting Content-Length in the response")]
+    ContentLength,
+    #[error("malformed chunked body: {0}")]
+    Chunk(&'static str),
+    #[error("trailer section larger than {MAX_RESPONSE_HEAD} bytes")]
+    TrailersTooLarge,
+    #[error("the connection closed before a response came")]
+    Closed,
+    #[error("the connection closed {0} bytes before the end of the response body")]
+    Truncated(u64),
+    #[error("the connection closed in the middle of a chunked response body")]
+    TruncatedChunks,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// How a request body is framed on its way upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outgoing {
+    /// No body at all.
+    None,
+    /// Exactly this many bytes, as its `Content-Length` says.
+    Length(u64),
+    /// Chunked, `Transfer-Encoding: chunked` added: a streamed body of unknown length.
+    Chunked,
+}
+
+impl Outgoing {
+    /// The framing for a request with these headers whose body is (or is not) known empty.
+    /// The client's own `Transfer-Encoding` was removed as hop-by-hop; its `Content-Length` is
+    /// kept, and hyper has already held the client's body to it.
+    pub(crate) fn of(headers: &HeaderMap, body_empty: bool) -> Outgoing {
+        match headers.get(header::CONTENT_LENGTH) {
+            Some(v) => match std::str::from_utf8(v.as_bytes()).ok().and_then(|s| s.parse().ok()) {
+                Some(n) => Outgoing::Length(n),
+                // hyper refuses a request with a bad length; a retry's copy carries the same.
+                None => Outgoing::Chunked,
+            },
+            None if body_empty => Outgoing::None,
+            None => Outgoing::Chunked,
+        }
+    }
+}
+
+/// Writes a request head: `method target HTTP/1.1`, the fields, and `Transfer-Encoding:
+/// chunked` when the body is sent chunked. The target is the origin-form the header rules
+/// made; names are written as `http` keeps them (lower case), values as they came.
+pub(crate) fn encode_request(
+    method: &Method,
+    uri: &http::Uri,
+    headers: &HeaderMap,
+    body: Outgoing,
+    dst: &mut Vec<u8>,
+) {
+    let target = uri.path_and_query().map_or("/", |p| p.as_str());
+    let target = if target.is_empty() { "/" } else { target };
+    dst.extend_from_slice(method.as_str().as_bytes());
+    dst.push(b' ');
+    dst.extend_from_slice(target.as_bytes());
+    dst.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    if body == Outgoing::Chunked {
+        dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// Writes the framing that goes before `len` bytes of a chunked body.
+pub(crate) fn chunk_header(len: usize, dst: &mut Vec<u8>) {
+    use std::io::Write;
+    let _ = write!(dst, "{len:x}\r\n");
+}
+
+/// How a response's body ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// It has none: a response to `HEAD`, a 204, a 304, a 101.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Only the connection's close ends it; the connection is not used again.
+    UntilClose,
+}
+
+/// A response head as read.
+#[derive(Debug)]
+pub(crate) struct ResponseHead {
+    pub(crate) status: StatusCode,
+    pub(crate) version: Version,
+    pub(crate) headers: HeaderMap,
+    pub(crate) framing: Framing,
+    /// The connection may carry another request once this response is read to its end.
+    pub(crate) keep_alive: bool,
+}
+
+/// Reads the response head at the front of `buf`, consuming it (and any interim 1xx response
+/// before it, other than a 101): `None` while it is incomplete. `method` is the request's, for
+/// `HEAD`.
+pub(crate) fn parse_response(
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<Option<ResponseHead>, BackendError> {
+    loop {
+        // Where each field's name and value are in `buf`, so that values can be shared with
+        // the frozen head rather than copied.
+        let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_FIELDS];
+        let (len, code, minor, fields) = {
+            let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            let mut resp = httparse::Response::new(&mut fields);
+            let len = match resp.parse(buf)? {
+                httparse::Status::Complete(len) => len,
+                httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
+                    return Err(BackendError::HeadTooLarge);
+                }
+                httparse::Status::Partial => return Ok(None),
+            };
+            if len > MAX_RESPONSE_HEAD {
+                return Err(BackendError::HeadTooLarge);
+            }
+            let base = buf.as_ptr() as usize;
+            let n = resp.headers.len();
+            for (slot, f) in at.iter_mut().zip(resp.headers.iter()) {
+                let name = f.name.as_ptr() as usize - base;
+                let value = f.value.as_ptr() as usize - base;
+                *slot = (name, name + f.name.len(), value, value + f.value.len());
+            }
+            // Complete means both were read.
+            (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1), n)
+        };
+        if (100..200).contains(&code) && code != 101 {
+            // Interim (100 Continue, 103 Early Hints): the final response follows.
+            buf.advance(len);
+            continue;
+        }
+        let status = StatusCode::from_u16(code).map_err(|_| BackendError::Head(httparse::Error::Status))?;
+        let version = if minor == 0 {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let head = buf.split_to(len).freeze();
+        let mut headers = HeaderMap::with_capacity(fields);
+        let mut length: Option<u64> = None;
+        let mut bad_length = false;
+        let mut coded = false;
+        let mut chunked_last = false;
+        let mut close = version == Version::HTTP_10;
+        for &(ns, ne, vs, ve) in &at[..fields] {
+            let name = HeaderName::from_bytes(&head[ns..ne])
+                .map_err(|_| BackendError::Head(httparse::Error::HeaderName))?;
+            let raw = &head[vs..ve];
+            if name == header::CONTENT_LENGTH {
+                match content_length(raw) {
+                    Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                    _ => bad_length = true,
+                }
+            } else if name == header::TRANSFER_ENCODING {
+                coded = true;
+                // The last coding of the last field is the one applied last (RFC 9112 §6.1).
+                chunked_last = raw
+                    .rsplit(|&b| b == b',')
+                    .next()
+                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+            } else if name == header::CONNECTION {
+                for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
+                    if token.eq_ignore_ascii_case(b"close") {
+                        close = true;
+                    } else if token.eq_ignore_ascii_case(b"keep-alive") && version == Version::HTTP_10 {
+                        close = false;
+                    }
+                }
+            }
+            // httparse checked the value's bytes already (no CR, LF or NUL).
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+                .map_err(|_| BackendError::Head(httparse::Error::HeaderValue))?;
+            headers.append(name, value);
+        }
+        let bodiless = *method == Method::HEAD
+            || code == 101
+            || code == 204
+            || code == 304;
+        let (framing, keep_alive) = if bodiless {
+            (Framing::Empty, !close)
+        } else if coded {
+            // A Transfer-Encoding overrides any Content-Length; a message with both may be an
+            // attempt at smuggling, so its connection ends with it (RFC 9112 §6.3).
+            if chunked_last {
+                (Framing::Chunked, !close && length.is_none() && !bad_length)
+            } else {
+                (Framing::UntilClose, false)
+            }
+        } else if bad_length {
+            return Err(BackendError::ContentLength);
+        } else if let Some(n) = length {
+            (Framing::Length(n), !close)
+        } else {
+            (Framing::UntilClose, false)
+        };
+        return Ok(Some(ResponseHead {
+            status,
+            version,
+            headers,
+            framing,
+            keep_alive,
+        }));
+    }
+}
+
+/// A `Content-Length` value: digits, or a list of the same digits (RFC 9110 §8.6). At most 18
+/// digits, so it fits a `u64` with room.
+fn content_length(raw: &[u8]) -> Option<u64> {
+    let mut value = None;
+    for part in raw.split(|&b| b == b',') {
+        let part = part.trim_ascii();
+        if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = part
+            .iter()
+            .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
+        if value.is_some_and(|v| v != n) {
+            return None;
+        }
+        value = Some(n);
+    }
+    value
+}
+
+/// What a chunked decoder found in the buffer.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// Body bytes, split off the buffer.
+    Data(Bytes),
+    /// The trailer section, after the last chunk; the body is over.
+    Trailers(HeaderMap),
+    /// The last chunk and an empty trailer section: the body is over.
+    End,
+    /// More bytes are needed.
+    More,
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) as it arrives: sizes in hex, extensions dropped,
+/// every line ended by CRLF, trailers after the last chunk.
+#[derive(Debug, Default)]
+pub(crate) struct Chunked {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum ChunkState {
+    /// Reading a chunk size: the value so far and its digits.
+    #[default]
+    Start,
+    Size {
+        value: u64,
+        digits: u8,
+    },
+    /// Whitespace after the size, before `;` (chunk-ext's BWS).
+    SizeSpace {
+        value: u64,
+    },
+    /// A chunk extension, dropped: bytes read of it.
+    Ext {
+        value: u64,
+        read: usize,
+    },
+    /// The CR of the size line was read.
+    SizeLf {
+        value: u64,
+    },
+    /// Inside a chunk's data: bytes left.
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailers,
+    Done,
+}
+
+impl Chunked {
+    /// The next thing in `buf`, consuming what it read.
+    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BackendError> {
+        use ChunkState::*;
+        loop {
+            if let Data(left) = self.state {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+                let left = left - take as u64;
+                self.state = if left == 0 { DataCr } else { Data(left) };
+                return Ok(Decoded::Data(buf.split_to(take).freeze()));
+            }
+            if self.state == Trailers {
+                return self.trailers(buf);
+            }
+            if self.state == Done {
+                return Ok(Decoded::End);
+            }
+            let Some(&b) = buf.first() else {
+                return Ok(Decoded::More);
+            };
+            self.state = match (self.state, b) {
+                (Start, _) => match hex(b) {
+                    Some(d) => Size {
+                        value: u64::from(d),
+                        digits: 1,
+                    },
+                    None => return Err(BackendError::Chunk("a chunk size is not hex")),
+                },
+                (Size { value, digits }, _) if hex(b).is_some() => {
+                    if digits >= 15 {
+                        return Err(BackendError::Chunk("a chunk size is too large"));
+                    }
+                    Size {
+                        value: value << 4 | u64::from(hex(b).unwrap_or(0)),
+                        digits: digits + 1,
+                    }
+                }
+                (Size { value, .. } | SizeSpace { value }, b' ' | b'\t') => SizeSpace { value },
+                (Size { value, .. } | SizeSpace { value }, b';') => Ext { value, read: 0 },
+                (Size { value, .. } | SizeSpace { value } | Ext { value, .. }, b'\r') => {
+                    SizeLf { value }
+                }
+                (Ext { value, read }, _) => {
+                    if read >= MAX_CHUNK_EXT {
+                        return Err(BackendError::Chunk("a chunk extension is too long"));
+                    }
+                    if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
+                        return Err(BackendError::Chunk("a control byte in a chunk extension"));
+                    }
+                    Ext {
+                        value,
+                        read: read + 1,
+                    }
+                }
+                (SizeLf { value: 0 }, b'\n') => Trailers,
+                (SizeLf { value }, b'\n') => Data(value),
+                (DataCr, b'\r') => DataLf,
+                (DataLf, b'\n') => Start,
+                _ => return Err(BackendError::Chunk("a chunk line does not end in CRLF")),
+            };
+            buf.advance(1);
+        }
+    }
+
+    /// The trailer section: fields up to an empty line.
+    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, BackendError> {
+        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
+        let (len, map) = match httparse::parse_headers(buf, &mut fields)? {
+            httparse::Status::Complete((len, fields)) => {
+                let mut map = HeaderMap::new();
+                for f in fields.iter() {
+                    let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(f.name.as_bytes()),
+                        HeaderValue::from_bytes(f.value),
+                    ) else {
+                        return Err(BackendError::Head(httparse::Error::HeaderName));
+                    };
+                    // Framing and routing fields have no place in trailers (RFC 9110 §6.5.1).
+                    if !FORBIDDEN_TRAILERS.contains(&name) {
+                        map.append(name, value);
+                    }
+                }
+                (len, map)
+            }
+            httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
+                return Err(BackendError::TrailersTooLarge);
+            }
+            httparse::Status::Partial => return Ok(Decoded::More),
+        };
+        buf.advance(len);
+        self.state = ChunkState::Done;
+        Ok(if map.is_empty() {
+            Decoded::End
+        } else {
+            Decoded::Trailers(map)
+        })
+    }
+
+    /// Whether the last chunk and its trailers have been read.
+    pub(crate) fn done(&self) -> bool {
+        self.state == ChunkState::Done
+    }
+}
+
+const FORBIDDEN_TRAILERS: [HeaderName; 6] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::TRAILER,
+    header::CONTENT_TYPE,
+];
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+}
