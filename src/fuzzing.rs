@@ -20,11 +20,12 @@ pub type Entry = fn(&[u8]);
 
 /// Every target: its name (the folder of its corpus, the file in `fuzz/fuzz_targets/`) and its
 /// entry point.
-pub const TARGETS: [(&str, Entry); 4] = [
+pub const TARGETS: [(&str, Entry); 5] = [
     ("config", config),
     ("cookie", cookie),
     ("head", head),
     ("headers", headers),
+    ("response", response),
 ];
 
 /// `config.yaml` text through [`crate::config::parse`]: a config is refused with problems that
@@ -113,6 +114,12 @@ pub fn head(data: &[u8]) {
 /// check, hop-by-hop stripping and the `X-Forwarded-*` rules: see `proxy/fuzzing.rs`.
 pub fn headers(data: &[u8]) {
     crate::proxy::fuzzing::headers(data);
+}
+
+/// A backend's response bytes through the head parser and the chunked decoder, fed whole and
+/// in pieces, which must read the same: see `proxy/fuzzing.rs`.
+pub fn response(data: &[u8]) {
+    crate::proxy::fuzzing::response(data);
 }
 
 #[cfg(test)]

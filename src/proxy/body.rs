@@ -2,8 +2,8 @@
 //! a backend's response on its way to the client that returns its connection once read to
 //! the end and writes the request's access line once over ([`Returning`]).
 
-use std::pin::Pin;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -171,7 +171,11 @@ pin_project_lite::pin_project! {
 }
 
 impl Returning {
-    pub(crate) fn new(inner: Paced<Streaming>, addr: SocketAddr, guard: InflightGuard) -> Returning {
+    pub(crate) fn new(
+        inner: Paced<Streaming>,
+        addr: SocketAddr,
+        guard: InflightGuard,
+    ) -> Returning {
         Returning {
             inner,
             addr,

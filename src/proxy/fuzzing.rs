@@ -227,3 +227,25 @@ pub(crate) fn headers(data: &[u8]) {
         }
     }
 }
+
+/// A backend's response through the head parser and the body's framing, fed whole and then in
+/// pieces: both must come to the same thing. The first byte picks the request method (`HEAD`
+/// when odd) and the size of the pieces.
+pub(crate) fn response(data: &[u8]) {
+    use super::upstream::codec::read_through;
+    let Some((&first, bytes)) = data.split_first() else {
+        return;
+    };
+    let method = if first & 1 == 1 {
+        Method::HEAD
+    } else {
+        Method::GET
+    };
+    let step = usize::from(first >> 1).max(1);
+    let whole = read_through(bytes, &method, bytes.len());
+    let pieces = read_through(bytes, &method, step);
+    assert_eq!(
+        whole, pieces,
+        "fed whole and in pieces of {step}, the same bytes read differently"
+    );
+}

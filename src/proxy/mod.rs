@@ -33,9 +33,9 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
 use hyper::body::Incoming;
-use tokio::io::AsyncWriteExt;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
@@ -505,7 +505,13 @@ impl Worker {
                                 reused,
                                 answered,
                             };
-                            (failure, Error::Backend { addr, source: error })
+                            (
+                                failure,
+                                Error::Backend {
+                                    addr,
+                                    source: error,
+                                },
+                            )
                         }
                         Waited::TimedOut => (
                             Failure::TimedOut,

@@ -488,3 +488,100 @@ async fn a_body_that_stalls_is_cut_off_after_the_body_timeout() {
     closed_within(&mut s, Duration::from_secs(5)).await;
     lb.stop().await;
 }
+
+/// Reads off `s` until what was read holds `want`, at most `within`; what was read.
+async fn read_until(s: &mut tokio::net::TcpStream, want: &[u8], within: Duration) -> Vec<u8> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let _ = tokio::time::timeout(within, async {
+        while !got.windows(want.len()).any(|w| w == want) {
+            match s.read(&mut buf).await {
+                Ok(n @ 1..) => got.extend_from_slice(&buf[..n]),
+                _ => return,
+            }
+        }
+    })
+    .await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_answers_before_reading_the_body_is_heard() {
+    let net = Net::new(192);
+    // Refuses the upload at its head, then reads (and drops) whatever of the body comes.
+    let backend = raw(net.addr(10), |mut s, _| async move {
+        let refusal = b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 9\r\n\
+                        connection: close\r\n\r\ntoo large";
+        if s.write_all(refusal).await.is_err() {
+            return;
+        }
+        let mut sink = [0u8; 16 * 1024];
+        while let Ok(1..) = s.read(&mut sink).await {}
+    });
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
+    let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    // A 4 MiB upload of which only the first 64 KiB is ever sent.
+    let head = "POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 4194304\r\n\r\n";
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+    let got = read_until(&mut c, b"too large", Duration::from_secs(5)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(
+        got.starts_with("HTTP/1.1 413 "),
+        "the backend's early answer did not reach the client: {got:?}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_streams_back_while_its_request_body_is_still_coming() {
+    let net = Net::new(193);
+    // Answers at once with a chunked response, then sends back every piece of the request
+    // body as it arrives (as it is on the wire), as a chunk of its own.
+    let backend = raw(net.addr(10), |mut s, read| async move {
+        let head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+        if s.write_all(head).await.is_err() {
+            return;
+        }
+        let at = read.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(0) + 4;
+        let mut piece = read.get(at..).unwrap_or_default().to_vec();
+        let mut buf = [0u8; 4096];
+        loop {
+            if !piece.is_empty() {
+                let chunk = [format!("{:x}\r\n", piece.len()).as_bytes(), &piece, b"\r\n"].concat();
+                if s.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            if piece.ends_with(b"0\r\n\r\n") {
+                let _ = s.write_all(b"0\r\n\r\n").await;
+                return;
+            }
+            match s.read(&mut buf).await {
+                Ok(n @ 1..) => piece = buf[..n].to_vec(),
+                _ => return,
+            }
+        }
+    });
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
+    let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let head = "POST /echo HTTP/1.1\r\nhost: a\r\ntransfer-encoding: chunked\r\n\r\n";
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(b"5\r\nhello\r\n").await.unwrap();
+    // The rest of the body is sent only once the first piece has come back: a proxy that
+    // waits for the whole body before it reads the response never shows it.
+    let got = read_until(&mut c, b"hello", Duration::from_secs(5)).await;
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got:?}");
+    assert!(
+        got.contains("hello"),
+        "the first piece did not come back: {got:?}"
+    );
+    c.write_all(b"5\r\nworld\r\n0\r\n\r\n").await.unwrap();
+    let rest = read_until(&mut c, b"world", Duration::from_secs(5)).await;
+    assert!(
+        String::from_utf8_lossy(&rest).contains("world"),
+        "the second piece did not come back: {rest:?}"
+    );
+    lb.stop().await;
+}

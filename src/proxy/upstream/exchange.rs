@@ -277,10 +277,7 @@ impl Sending {
         if self.touched {
             return None;
         }
-        Some(
-            self.body
-                .unwrap_or_else(|| Either::Right(Empty::new())),
-        )
+        Some(self.body.unwrap_or_else(|| Either::Right(Empty::new())))
     }
 
     /// Writes what is framed and frames what the body has ready, until both wait or all is
@@ -333,7 +330,9 @@ impl Sending {
                 Pin::new(&mut *stream).poll_write_vectored(cx, &slices)
             };
             let n = match ready!(written) {
-                Ok(0) => return Poll::Ready(Err(SendError::Backend(io::ErrorKind::WriteZero.into()))),
+                Ok(0) => {
+                    return Poll::Ready(Err(SendError::Backend(io::ErrorKind::WriteZero.into())));
+                }
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Err(SendError::Backend(e))),
             };
@@ -540,10 +539,7 @@ thread_local! {
 
 impl Scratch {
     fn take() -> Scratch {
-        let spare = SPARE
-            .try_with(|s| s.borrow_mut().pop())
-            .ok()
-            .flatten();
+        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
         Scratch(spare.unwrap_or_else(|| Vec::with_capacity(1024)))
     }
 }

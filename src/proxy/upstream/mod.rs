@@ -16,7 +16,7 @@
 //! readable. As in HAProxy and nginx, bytes that land in the very turn of the runtime a
 //! connection is taken are not seen before the request is written.
 
-mod codec;
+pub(super) mod codec;
 mod exchange;
 
 use std::net::SocketAddr;
@@ -29,8 +29,8 @@ use rustc_hash::FxHashMap;
 use tokio::net::TcpStream;
 
 pub(crate) use codec::BackendError;
-pub(crate) use exchange::{Answer, Failed, Link, Streaming};
 use exchange::Look;
+pub(crate) use exchange::{Answer, Failed, Link, Streaming};
 
 /// Idle connections kept per backend and worker; more than this are closed when returned.
 /// At 256, a burst of 1,000 concurrent clients churned a new upstream connection every ~40
