@@ -43,6 +43,10 @@ work=$(mktemp -d /tmp/sweeplb-profile.XXXXXX)
 pids=()
 cleanup() {
     local rc=$?
+    # TERM first: nginx's master takes its worker down with it (a KILLed master leaves the
+    # worker running, holding the caller's stdout open).
+    for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    sleep 1
     for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     if [ "$rc" = 0 ] && [ "$keep" = 0 ]; then rm -rf "$work"; else echo "profile.sh: logs kept in $work" >&2; fi
 }
