@@ -33,7 +33,7 @@ use crate::server::BoxError;
 
 /// The first read of a response takes up to this much; a read that fills its room doubles the
 /// next, up to [`MAX_READ`].
-const FIRST_READ: usize = 8 * 1024;
+const FIRST_READ: usize = 4 * 1024;
 const MAX_READ: usize = 64 * 1024;
 
 /// Body frames up to this size are copied behind the head (or the chunk size) and go out in
