@@ -499,7 +499,7 @@ impl Worker {
                             unsent: handed_back,
                             answered,
                         })) => {
-                            unsent = handed_back;
+                            unsent = handed_back.map(|r| *r);
                             let failure = Failure::Exchange {
                                 unsent: unsent.is_some(),
                                 reused,
@@ -590,11 +590,11 @@ fn tunnel(
     let mut resp = Response::new(Either::Right(Full::new(Bytes::new())));
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
-    let headers = resp.headers_mut();
-    headers::strip_hop_by_hop(headers);
-    headers.insert(header::CONNECTION, headers::UPGRADE.clone());
+    let fields = resp.headers_mut();
+    headers::strip_hop_by_hop(fields);
+    fields.insert(header::CONNECTION, headers::UPGRADE.clone());
     if let Some(protocol) = protocol {
-        headers.insert(header::UPGRADE, protocol);
+        fields.insert(header::UPGRADE, protocol);
     }
     client.spawn(async move {
         let _in_flight = guard;

@@ -115,13 +115,15 @@ impl Link {
             if write_failed.is_none() && !sending.finished() {
                 match sending.poll_send(&mut self.stream, cx) {
                     Poll::Ready(Ok(())) | Poll::Pending => {}
-                    Poll::Ready(Err(SendError::Client(e))) => return Poll::Ready(Err(Ok(e))),
+                    Poll::Ready(Err(SendError::Client(e))) => {
+                        return Poll::Ready(Err(Broke::Client(e)));
+                    }
                     // The backend may have answered before it stopped reading (a 413, say):
                     // the answer is read all the same, and the connection is not reused.
                     Poll::Ready(Err(SendError::Backend(e))) => write_failed = Some(e),
                 }
             }
-            self.poll_head(cx, &parts.method).map_err(Err)
+            self.poll_head(cx, &parts.method).map_err(Broke::Backend)
         })
         .await;
         match head {
@@ -133,18 +135,17 @@ impl Link {
                     sending: (!sending.finished() && write_failed.is_none()).then_some(sending),
                 })
             }
-            Err(Ok(client)) => Err(Failed::Client(client)),
-            Err(Err(error)) => {
+            Err(Broke::Client(e)) => Err(Failed::Client(e)),
+            Err(Broke::Backend(error)) => {
                 let error = match (error, write_failed) {
                     (BackendError::Closed, Some(w)) => BackendError::Io(w),
                     (error, _) => error,
                 };
-                let unsent = sending
-                    .untouched()
-                    .map(|body| Request::from_parts(parts, body));
                 Err(Failed::Backend {
                     error,
-                    unsent,
+                    unsent: sending
+                        .untouched()
+                        .map(|body| Box::new(Request::from_parts(parts, body))),
                     answered: self.read > read_before,
                 })
             }
@@ -225,15 +226,24 @@ pub(crate) enum Failed {
     Backend {
         error: BackendError,
         /// The request, when not a byte of it was written nor any of its body taken.
-        unsent: Option<Request<RequestBody>>,
+        unsent: Option<Box<Request<RequestBody>>>,
         /// Some byte came back on the connection during the exchange.
         answered: bool,
     },
 }
 
+/// Why a request could not be written.
 enum SendError {
+    /// The client's request body failed.
     Client(BoxError),
     Backend(io::Error),
+}
+
+/// Why an exchange ended without a response head.
+enum Broke {
+    Client(BoxError),
+    /// Reading failed, or the backend broke the protocol.
+    Backend(BackendError),
 }
 
 /// A request on its way out: bytes framed and waiting to be written, and the body they come
@@ -531,7 +541,7 @@ struct Scratch(Vec<u8>);
 
 /// Buffers kept per thread, and the largest kept.
 const SPARE_BUFFERS: usize = 64;
-const SPARE_CAPACITY: usize = 64 * 1024;
+const SPARE_CAPACITY: usize = 16 * 1024;
 
 thread_local! {
     static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
