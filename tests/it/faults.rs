@@ -225,3 +225,48 @@ async fn a_client_that_stops_reading_is_cut_after_the_body_timeout_and_so_is_its
     assert!(asked.elapsed() < Duration::from_secs(10));
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_right_behind_a_response_reach_no_one_and_are_counted() {
+    let net = Net::new(106);
+    // Every answer carries a second, unasked-for response in the same write.
+    let backend = raw(net.addr(10), |mut s, _| async move {
+        let both = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst\
+                     HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\ninjected";
+        let mut buf = [0u8; 4096];
+        loop {
+            if s.write_all(both).await.is_err() {
+                return;
+            }
+            match s.read(&mut buf).await {
+                Ok(1..) => {}
+                _ => return,
+            }
+        }
+    });
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
+    let keeps = client();
+    for round in 0..4 {
+        let body = keeps
+            .get(lb.url("/"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(body, "first", "round {round}: another response's bytes");
+    }
+    let (_, health) = lb.health().await;
+    assert!(
+        health["upstream"]["unexpected"].as_u64().unwrap_or(0) >= 4,
+        "the bytes behind each response were not counted: {}",
+        health["upstream"]
+    );
+    assert!(
+        health["upstream"]["reused"].as_u64().unwrap_or(0) == 0,
+        "a connection with bytes left over was used again: {}",
+        health["upstream"]
+    );
+    lb.stop().await;
+}

@@ -585,3 +585,38 @@ async fn a_response_streams_back_while_its_request_body_is_still_coming() {
     );
     lb.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_a_backend_sends_right_behind_its_101_open_the_tunnel() {
+    let net = Net::new(194);
+    // The 101 and the protocol's first bytes in one write, then an echo.
+    let backend = raw(net.addr(10), |mut s, _| async move {
+        let switch = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: echo\r\n\
+                       connection: upgrade\r\n\r\nearly bytes\n";
+        if s.write_all(switch).await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 1024];
+        while let Ok(n @ 1..) = s.read(&mut buf).await {
+            if s.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    });
+    let lb = Balancer::found(&net.config("", ""), &[backend.addr]).await;
+    let mut c = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    let ask = "GET /ws HTTP/1.1\r\nhost: a\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n";
+    c.write_all(ask.as_bytes()).await.unwrap();
+    let head = read_head(&mut c).await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    let early = read_until(&mut c, b"early bytes\n", Duration::from_secs(5)).await;
+    assert_eq!(
+        early, b"early bytes\n",
+        "what the backend sent behind its 101 did not open the tunnel"
+    );
+    c.write_all(b"ping\n").await.unwrap();
+    let echoed = read_until(&mut c, b"ping\n", Duration::from_secs(5)).await;
+    assert_eq!(echoed, b"ping\n");
+    drop(c);
+    lb.stop().await;
+}
