@@ -1,6 +1,7 @@
 //! The bodies on the forwarding path: a streamed body with a stall deadline ([`Paced`]), and
-//! a backend's response on its way to the client that returns its connection once read to
-//! the end and writes the request's access line once over ([`Returning`]).
+//! a backend's response on its way to the client that ends the request's in-flight count and
+//! writes its access line once over ([`Returning`]). The upstream connection under a response
+//! is given back by the response's own body (`upstream::Streaming`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
