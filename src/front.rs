@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
+use crate::server::RequestBody;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header;
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -47,7 +47,7 @@ pub(crate) struct Admin {
 
 impl Admin {
     /// A request for `/_lb` or below, from `client`: 403 unless it is allowed.
-    fn answer(&self, req: &Request<Incoming>, client: &Client) -> Response<ResponseBody> {
+    fn answer(&self, req: &Request<RequestBody>, client: &Client) -> Response<ResponseBody> {
         let path = req.uri().path();
         if !access::allowed(path, client.peer.ip(), &self.settings.load().allow) {
             debug!(peer = %client.peer, path, "admin request refused: not in admin.allow");
@@ -110,7 +110,7 @@ pub(crate) struct AdminFront(pub(crate) Arc<Admin>);
 impl Service for AdminFront {
     type Body = ResponseBody;
 
-    async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
+    async fn call(&self, req: Request<RequestBody>, client: &Client) -> Response<ResponseBody> {
         let (parts, body) = req.into_parts();
         if let Some(resp) = bad_host(&parts, client) {
             return resp.map(Either::Right);
@@ -126,7 +126,7 @@ impl Service for AdminFront {
 impl Service for Front {
     type Body = ResponseBody;
 
-    async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<ResponseBody> {
+    async fn call(&self, req: Request<RequestBody>, client: &Client) -> Response<ResponseBody> {
         // Before anything else, `/_lb/*` included: RFC 9112 §3.2 asks any server to answer
         // 400, and one rule everywhere leaves nothing to learn about which paths are lenient.
         let (parts, body) = req.into_parts();

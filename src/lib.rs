@@ -63,6 +63,7 @@
 mod admin;
 mod autoscale;
 pub mod balancer;
+mod buffers;
 pub mod config;
 pub mod demo;
 mod discovery;
@@ -70,6 +71,7 @@ mod front;
 #[cfg(any(test, feature = "fuzzing"))]
 pub mod fuzzing;
 mod host;
+mod http1;
 mod identity;
 pub mod logging;
 mod message;

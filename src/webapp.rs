@@ -20,10 +20,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::server::RequestBody;
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body;
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -102,7 +103,10 @@ impl Webapp {
     }
 
     /// Answers one request that arrived on the local address `local`.
-    pub async fn handle(&self, req: Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn handle<B>(&self, req: Request<B>, local: SocketAddr) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>,
+    {
         let delay = self.delay_ms.load(Ordering::Relaxed);
         let is_delay = req.uri().path() == "/delay";
         if delay > 0 && !is_delay {
@@ -147,7 +151,7 @@ impl Webapp {
 
     /// The proof for the request's nonce at the address it arrived on, if there is a secret
     /// and a well-formed nonce.
-    fn proof(&self, req: &Request<Incoming>, local: SocketAddr) -> Option<HeaderValue> {
+    fn proof<B>(&self, req: &Request<B>, local: SocketAddr) -> Option<HeaderValue> {
         let secret = self.identity_secret.as_ref()?;
         let nonce = req.headers().get(NONCE_HEADER)?.to_str().ok()?;
         if !identity::is_nonce(nonce) {
@@ -156,7 +160,7 @@ impl Webapp {
         HeaderValue::from_str(&identity::proof(secret.0.as_bytes(), nonce, local)).ok()
     }
 
-    fn index(&self, req: &Request<Incoming>, local: SocketAddr) -> Response<Full<Bytes>> {
+    fn index<B>(&self, req: &Request<B>, local: SocketAddr) -> Response<Full<Bytes>> {
         let existing = message::cookie(req.headers(), SESSION_COOKIE).map(str::to_string);
         let (id, views, fresh) = {
             let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
@@ -196,7 +200,10 @@ impl Webapp {
         resp
     }
 
-    async fn set_delay(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn set_delay<B>(&self, req: Request<B>) -> Response<Full<Bytes>>
+    where
+        B: Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>,
+    {
         let body = match Limited::new(req.into_body(), 4096).collect().await {
             Ok(b) => b.to_bytes(),
             Err(_) => {
@@ -254,7 +261,7 @@ struct Served(Arc<Webapp>);
 impl Service for Served {
     type Body = Full<Bytes>;
 
-    async fn call(&self, req: Request<Incoming>, client: &Client) -> Response<Full<Bytes>> {
+    async fn call(&self, req: Request<RequestBody>, client: &Client) -> Response<Full<Bytes>> {
         self.0.handle(req, client.local).await
     }
 }

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use super::access::Access;
 use super::upstream::Streaming;
@@ -18,7 +17,8 @@ use crate::pool::InflightGuard;
 use crate::server::BoxError;
 
 /// The body sent upstream: the client's streamed body, or nothing (for a retried request).
-pub(crate) type RequestBody = http_body_util::Either<Paced<Incoming>, http_body_util::Empty<Bytes>>;
+pub(crate) type RequestBody =
+    http_body_util::Either<Paced<crate::server::RequestBody>, http_body_util::Empty<Bytes>>;
 
 /// The client's request body failed: it stalled, was malformed, or the client left.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,8 @@ impl ClientFault {
             return Some(Fault::Stalled);
         }
         let gone = chain(cause).any(|e| {
-            e.downcast_ref::<hyper::Error>()
-                .is_some_and(|h| h.is_incomplete_message() || h.is_closed())
+            e.downcast_ref::<crate::server::BodyError>()
+                .is_some_and(crate::server::BodyError::is_gone)
                 || e.downcast_ref::<std::io::Error>().is_some_and(|io| {
                     use std::io::ErrorKind::*;
                     matches!(

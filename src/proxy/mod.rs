@@ -32,9 +32,8 @@ use http::header::{self, HeaderMap};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body::Body as _;
 use http_body_util::{Either, Empty, Full};
-use hyper::body::Incoming;
-use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
+
+use crate::server::OnUpgrade;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -305,7 +304,7 @@ impl Worker {
     /// Forwards one request to the backend its key hashes to, or answers why it cannot.
     pub(crate) async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<crate::server::RequestBody>,
         client: &Client,
     ) -> Response<ResponseBody> {
         let arrived = Instant::now();
@@ -598,7 +597,7 @@ fn tunnel(
     }
     client.spawn(async move {
         let _in_flight = guard;
-        let client = match client_side.await {
+        let client = match client_side.upgraded().await {
             Ok(upgraded) => upgraded,
             Err(e) => {
                 debug!(%addr, error = %e, "upgrade did not complete");
@@ -606,7 +605,7 @@ fn tunnel(
             }
         };
         let (mut backend, early) = conn.link.into_parts();
-        let mut client = TokioIo::new(client);
+        let mut client = client;
         if !early.is_empty() {
             if let Err(e) = client.write_all(&early).await {
                 debug!(%addr, error = %e, "tunnel ended");

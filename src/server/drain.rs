@@ -5,9 +5,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -67,40 +64,21 @@ impl Drain {
             .is_ok()
     }
 
-    /// Serves one connection with `service` on the current runtime: at shutdown an
-    /// idle connection is closed and a busy one after its response. `done` runs when it ends.
-    pub(super) fn serve<I, S, B>(
+    /// Runs one connection on the current runtime: `serve` is given the connection's stop
+    /// signal, on which an idle connection closes at once and a busy one after its response.
+    pub(super) fn serve<F, E>(
         &self,
-        http: &hyper::server::conn::http1::Builder,
-        stream: I,
         peer: SocketAddr,
-        service: S,
-        done: impl FnOnce() + Send + 'static,
+        serve: impl FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
     ) where
-        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::Service<Request<Incoming>, Response = Response<B>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: http_body::Body + Send + 'static,
-        B::Data: Send,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
     {
-        let conn = http
-            .serve_connection(TokioIo::new(stream), service)
-            .with_upgrades();
         let (id, stop) = self.register();
         let stops = Arc::clone(&self.stops);
+        let conn = serve(stop);
         self.tasks.spawn(async move {
-            tokio::pin!(conn);
-            let ended = tokio::select! {
-                biased;
-                ended = conn.as_mut() => ended,
-                // Sent or dropped: either way, the server is shutting down.
-                _ = stop => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-            };
+            let ended = conn.await;
             stops
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -109,7 +87,6 @@ impl Drain {
             if let Err(e) = ended {
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
-            done();
         });
     }
 }

@@ -23,8 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the connection's reads and its service share. One connection is served by one task,
@@ -60,7 +58,7 @@ impl Head {
         })
     }
 
-    /// A head is complete: hyper has called the service with its request.
+    /// A head is complete: its request goes to the service.
     pub fn request_started(self: &Arc<Head>) -> Done {
         self.first_byte.store(0, Ordering::Relaxed);
         self.busy.fetch_add(1, Ordering::Relaxed);
@@ -118,7 +116,7 @@ impl Head {
     }
 }
 
-/// Held by a response until it has been written out (hyper drops the body then).
+/// Held while a request is answered, until its response has been written out.
 #[derive(Debug)]
 pub struct Done(Arc<Head>);
 
@@ -153,6 +151,10 @@ impl<S> Watched<S> {
             head,
             timer: None,
         }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
     }
 }
 
@@ -228,41 +230,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that tells the connection when it has been written out.
-    pub struct Tracked<B> {
-        #[pin]
-        inner: B,
-        done: Done,
-    }
-}
-
-impl<B> Tracked<B> {
-    pub fn new(inner: B, done: Done) -> Tracked<B> {
-        Tracked { inner, done }
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Tracked<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 

@@ -7,13 +7,13 @@
 //! service keeps per worker. A request therefore never crosses threads: no work stealing, no
 //! cross-core wake-ups, no shared locks on the hot path.
 
+mod conn;
 mod drain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
 mod head_deadline;
 mod write_deadline;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,19 +21,17 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response};
 use http_body::Body;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+pub(crate) use conn::OnUpgrade;
+pub(crate) use conn::body::{BodyError, RequestBody};
 use drain::Drain;
-use head_deadline::{Head, Tracked, Watched};
-use write_deadline::WriteDeadline;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -50,20 +48,20 @@ pub(crate) struct Settings {
     pub(crate) shutdown: Duration,
     /// How long a write to a client may wait for the client to read.
     pub(crate) write_stall: Duration,
-    /// The largest request head (request line and headers) in bytes; hyper answers a larger
-    /// one, finished or not, 431 and closes.
+    /// The largest request head (request line and headers) in bytes; a larger one, finished
+    /// or not, is answered 431 and its connection closed.
     pub(crate) max_head: usize,
 }
 
 /// What a server serves. The caller builds one per worker thread, so that whatever a request
 /// writes to can belong to its worker alone.
 pub(crate) trait Service: Send + Sync + 'static {
-    type Body: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static;
+    type Body: Body<Data = Bytes, Error: Into<BoxError> + Send> + Send + 'static;
 
     /// Answers one request that came on `client`'s connection.
     fn call(
         &self,
-        req: Request<Incoming>,
+        req: Request<RequestBody>,
         client: &Client,
     ) -> impl Future<Output = Response<Self::Body>> + Send;
 
@@ -205,30 +203,10 @@ struct Worker<S> {
     settings: LiveSettings,
 }
 
-/// One client connection as its requests see it.
-struct Connection<S> {
-    service: Arc<S>,
-    client: Client,
-}
-
 impl From<Settings> for LiveSettings {
     fn from(settings: Settings) -> LiveSettings {
         Arc::new(ArcSwap::from_pointee(settings))
     }
-}
-
-/// hyper's connection builder for `settings`.
-fn http_builder(settings: &Settings) -> hyper::server::conn::http1::Builder {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    // No timer for hyper: both waits for a head, `idle` between requests and `header_read`
-    // from a head's first byte, are kept by `head_deadline` with one lazily moved timer per
-    // connection, where hyper's `header_read_timeout` made a timer per request. Without a
-    // timer hyper keeps none of its own. `max_header_size` rather than `max_buf_size`: the
-    // latter also caps how much of a body one read takes and how much of a response is
-    // buffered for writing, and its overflow is checked against the whole buffer, pipelined
-    // requests included.
-    http.max_header_size(settings.max_head).keep_alive(true);
-    http
 }
 
 impl<S: Service> Worker<S> {
@@ -238,9 +216,7 @@ impl<S: Service> Worker<S> {
         mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
         shutdown: CancellationToken,
     ) {
-        // The builder is made again only when a reload replaced the settings.
         let mut settings = self.settings.load_full();
-        let mut http = http_builder(&settings);
         self.service.start(&shutdown);
         loop {
             let (stream, peer) = tokio::select! {
@@ -257,9 +233,8 @@ impl<S: Service> Worker<S> {
             };
             if !Arc::ptr_eq(&settings, &self.settings.load()) {
                 settings = self.settings.load_full();
-                http = http_builder(&settings);
             }
-            self.connection(&http, &settings, stream, peer, local);
+            self.connection(&settings, stream, peer, local);
         }
         let settings = self.settings.load_full();
         if !self.drain.wait(settings.shutdown).await {
@@ -276,46 +251,25 @@ impl<S: Service> Worker<S> {
 
     fn connection(
         &self,
-        http: &hyper::server::conn::http1::Builder,
-        settings: &Settings,
+        settings: &Arc<Settings>,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let head = Head::new(settings.header_read, settings.idle);
-        let io = Watched::new(
-            WriteDeadline::new(stream, settings.write_stall),
-            Arc::clone(&head),
-        );
-        let conn = Arc::new(Connection {
-            service: Arc::clone(&self.service),
-            client: Client {
-                peer,
-                local,
-                peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
-                tasks: self.drain.tasks(),
-                requests: std::sync::atomic::AtomicU64::new(0),
-            },
-        });
-        let service = service_fn(move |req| {
-            let conn = Arc::clone(&conn);
-            let done = head.request_started();
-            let head = Arc::clone(&head);
-            conn.client.requests.fetch_add(1, Ordering::Relaxed);
-            // Boxed: hyper keeps room for one service future per connection for the
-            // connection's whole life, and the proxy's is ~4.7 KiB; boxed, an idle connection
-            // holds a pointer and a request borrows the room while it runs.
-            Box::pin(async move {
-                let resp = conn.service.call(req, &conn.client).await;
-                if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    head.stop_watching();
-                }
-                Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, done)))
-            })
-        });
+        let client = Client {
+            peer,
+            local,
+            peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
+            tasks: self.drain.tasks(),
+            requests: std::sync::atomic::AtomicU64::new(0),
+        };
         let open = Arc::clone(&self.open);
-        self.drain.serve(http, io, peer, service, move || {
+        let service = Arc::clone(&self.service);
+        let settings = Arc::clone(settings);
+        self.drain.serve(peer, move |stop| async move {
+            let ended = conn::serve(stream, &*service, &client, &settings, stop).await;
             open.fetch_sub(1, Ordering::Relaxed);
+            ended
         });
     }
 }

@@ -11,21 +11,18 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use smallvec::SmallVec;
+
+pub(crate) use crate::http1::{ChunkError, Chunked, Decoded, chunk_header};
+use crate::http1::{MAX_FIELDS, content_length};
 
 /// The largest response head accepted, status line and fields. nginx's default
 /// `proxy_buffer_size` is 4-8 KiB and HAProxy's whole buffer 16 KiB; a backend's head larger
 /// than this is refused with 502.
 pub(crate) const MAX_RESPONSE_HEAD: usize = 64 * 1024;
-
-/// Fields in one response head or trailer section, as hyper allowed.
-const MAX_FIELDS: usize = 100;
-
-/// The longest chunk extension read (and dropped) on one chunk-size line.
-const MAX_CHUNK_EXT: usize = 4 * 1024;
 
 /// A backend broke the protocol, or the connection broke under the exchange.
 #[derive(Debug, thiserror::Error)]
@@ -37,9 +34,7 @@ pub(crate) enum BackendError {
     #[error("invalid or conflicting Content-Length in the response")]
     ContentLength,
     #[error("malformed chunked body: {0}")]
-    Chunk(&'static str),
-    #[error("trailer section larger than {MAX_RESPONSE_HEAD} bytes")]
-    TrailersTooLarge,
+    Chunk(#[from] ChunkError),
     #[error("the connection closed before a response came")]
     Closed,
     #[error("the connection closed {0} bytes before the end of the response body")]
@@ -107,12 +102,6 @@ pub(crate) fn encode_request(
         dst.extend_from_slice(b"transfer-encoding: chunked\r\n");
     }
     dst.extend_from_slice(b"\r\n");
-}
-
-/// Writes the framing that goes before `len` bytes of a chunked body.
-pub(crate) fn chunk_header(len: usize, dst: &mut Vec<u8>) {
-    use std::io::Write;
-    let _ = write!(dst, "{len:x}\r\n");
 }
 
 /// How a response's body ends.
@@ -263,194 +252,6 @@ pub(crate) fn parse_response(
             keep_alive,
         }));
     }
-}
-
-/// A `Content-Length` value: digits, or a list of the same digits (RFC 9110 §8.6). At most 18
-/// digits, so it fits a `u64` with room.
-fn content_length(raw: &[u8]) -> Option<u64> {
-    let mut value = None;
-    for part in raw.split(|&b| b == b',') {
-        let part = part.trim_ascii();
-        if part.is_empty() || part.len() > 18 || !part.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = part.iter().fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'));
-        if value.is_some_and(|v| v != n) {
-            return None;
-        }
-        value = Some(n);
-    }
-    value
-}
-
-/// What a chunked decoder found in the buffer.
-#[derive(Debug)]
-pub(crate) enum Decoded {
-    /// Body bytes, split off the buffer.
-    Data(Bytes),
-    /// The trailer section, after the last chunk; the body is over.
-    Trailers(HeaderMap),
-    /// The last chunk and an empty trailer section: the body is over.
-    End,
-    /// More bytes are needed.
-    More,
-}
-
-/// Decodes a chunked body (RFC 9112 §7.1) as it arrives: sizes in hex, extensions dropped,
-/// every line ended by CRLF, trailers after the last chunk.
-#[derive(Debug, Default)]
-pub(crate) struct Chunked {
-    state: ChunkState,
-}
-
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-enum ChunkState {
-    /// Reading a chunk size: the value so far and its digits.
-    #[default]
-    Start,
-    Size {
-        value: u64,
-        digits: u8,
-    },
-    /// Whitespace after the size, before `;` (chunk-ext's BWS).
-    SizeSpace {
-        value: u64,
-    },
-    /// A chunk extension, dropped: bytes read of it.
-    Ext {
-        value: u64,
-        read: usize,
-    },
-    /// The CR of the size line was read.
-    SizeLf {
-        value: u64,
-    },
-    /// Inside a chunk's data: bytes left.
-    Data(u64),
-    DataCr,
-    DataLf,
-    Trailers,
-    Done,
-}
-
-impl Chunked {
-    /// The next thing in `buf`, consuming what it read.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, BackendError> {
-        use ChunkState::*;
-        loop {
-            if let Data(left) = self.state {
-                if buf.is_empty() {
-                    return Ok(Decoded::More);
-                }
-                let take = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-                let left = left - take as u64;
-                self.state = if left == 0 { DataCr } else { Data(left) };
-                return Ok(Decoded::Data(buf.split_to(take).freeze()));
-            }
-            if self.state == Trailers {
-                return self.trailers(buf);
-            }
-            if self.state == Done {
-                return Ok(Decoded::End);
-            }
-            let Some(&b) = buf.first() else {
-                return Ok(Decoded::More);
-            };
-            self.state = match (self.state, b) {
-                (Start, _) => match hex(b) {
-                    Some(d) => Size {
-                        value: u64::from(d),
-                        digits: 1,
-                    },
-                    None => return Err(BackendError::Chunk("a chunk size is not hex")),
-                },
-                (Size { value, digits }, _) if hex(b).is_some() => {
-                    if digits >= 15 {
-                        return Err(BackendError::Chunk("a chunk size is too large"));
-                    }
-                    Size {
-                        value: value << 4 | u64::from(hex(b).unwrap_or(0)),
-                        digits: digits + 1,
-                    }
-                }
-                (Size { value, .. } | SizeSpace { value }, b' ' | b'\t') => SizeSpace { value },
-                (Size { value, .. } | SizeSpace { value }, b';') => Ext { value, read: 0 },
-                (Size { value, .. } | SizeSpace { value } | Ext { value, .. }, b'\r') => {
-                    SizeLf { value }
-                }
-                (Ext { value, read }, _) => {
-                    if read >= MAX_CHUNK_EXT {
-                        return Err(BackendError::Chunk("a chunk extension is too long"));
-                    }
-                    if b == b'\n' || (b < 0x20 && b != b'\t') || b == 0x7f {
-                        return Err(BackendError::Chunk("a control byte in a chunk extension"));
-                    }
-                    Ext {
-                        value,
-                        read: read + 1,
-                    }
-                }
-                (SizeLf { value: 0 }, b'\n') => Trailers,
-                (SizeLf { value }, b'\n') => Data(value),
-                (DataCr, b'\r') => DataLf,
-                (DataLf, b'\n') => Start,
-                _ => return Err(BackendError::Chunk("a chunk line does not end in CRLF")),
-            };
-            buf.advance(1);
-        }
-    }
-
-    /// The trailer section: fields up to an empty line.
-    fn trailers(&mut self, buf: &mut BytesMut) -> Result<Decoded, BackendError> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_FIELDS];
-        let (len, map) = match httparse::parse_headers(buf, &mut fields)? {
-            httparse::Status::Complete((len, fields)) => {
-                let mut map = HeaderMap::new();
-                for f in fields.iter() {
-                    let (Ok(name), Ok(value)) = (
-                        HeaderName::from_bytes(f.name.as_bytes()),
-                        HeaderValue::from_bytes(f.value),
-                    ) else {
-                        return Err(BackendError::Head(httparse::Error::HeaderName));
-                    };
-                    // Framing and routing fields have no place in trailers (RFC 9110 §6.5.1).
-                    if !FORBIDDEN_TRAILERS.contains(&name) {
-                        map.append(name, value);
-                    }
-                }
-                (len, map)
-            }
-            httparse::Status::Partial if buf.len() >= MAX_RESPONSE_HEAD => {
-                return Err(BackendError::TrailersTooLarge);
-            }
-            httparse::Status::Partial => return Ok(Decoded::More),
-        };
-        buf.advance(len);
-        self.state = ChunkState::Done;
-        Ok(if map.is_empty() {
-            Decoded::End
-        } else {
-            Decoded::Trailers(map)
-        })
-    }
-
-    /// Whether the last chunk and its trailers have been read.
-    pub(crate) fn done(&self) -> bool {
-        self.state == ChunkState::Done
-    }
-}
-
-const FORBIDDEN_TRAILERS: [HeaderName; 6] = [
-    header::CONTENT_LENGTH,
-    header::TRANSFER_ENCODING,
-    header::HOST,
-    header::CONNECTION,
-    header::TRAILER,
-    header::CONTENT_TYPE,
-];
-
-fn hex(b: u8) -> Option<u8> {
-    (b as char).to_digit(16).map(|d| d as u8)
 }
 
 /// `bytes` from a backend fed `step` at a time through the head parser and the body's

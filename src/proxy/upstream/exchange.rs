@@ -33,7 +33,7 @@ use crate::server::BoxError;
 
 /// The first read of a response takes up to this much; a read that fills its room doubles the
 /// next, up to [`MAX_READ`].
-const FIRST_READ: usize = 4 * 1024;
+const FIRST_READ: usize = crate::buffers::SIZE;
 const MAX_READ: usize = 64 * 1024;
 
 /// Body frames up to this size are copied behind the head (or the chunk size) and go out in
@@ -92,7 +92,7 @@ impl Link {
     /// it, which answer no request.
     pub(crate) fn settle(&mut self) -> bool {
         let clean = self.buf.is_empty();
-        self.buf = BytesMut::new();
+        crate::buffers::give(std::mem::take(&mut self.buf));
         clean
     }
 
@@ -170,7 +170,9 @@ impl Link {
 
     /// One read into the buffer: the bytes read, 0 at the end of the stream.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+        if self.buf.capacity() == 0 {
+            self.buf = crate::buffers::take();
+        } else if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
             self.buf.reserve(self.read_size);
         }
         let room = self.buf.capacity() - self.buf.len();

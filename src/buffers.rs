@@ -1,0 +1,52 @@
+//! Read buffers, pooled per worker thread. A connection, on either side, holds a read buffer
+//! only while bytes are in it: when it goes idle its buffer comes back here for the next
+//! connection that reads, as HAProxy and Sōzu take theirs from a pool, where hyper kept 8 KiB
+//! per connection for its whole life.
+
+use std::cell::RefCell;
+
+use bytes::BytesMut;
+
+/// The room a pooled buffer has, and what a first read asks for.
+pub(crate) const SIZE: usize = 4 * 1024;
+
+/// Buffers kept per thread, at most.
+const KEEP: usize = 128;
+
+/// Buffers that grew past this are not kept.
+const KEEP_UP_TO: usize = 16 * 1024;
+
+thread_local! {
+    static POOL: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An empty buffer with room for at least [`SIZE`] bytes.
+pub(crate) fn take() -> BytesMut {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        while let Some(mut buf) = pool.pop() {
+            // Reclaimed only if nothing shares its memory any longer; one that something
+            // still shares is let go, and freed when that goes.
+            if buf.try_reclaim(SIZE) && buf.capacity() <= KEEP_UP_TO {
+                return Some(buf);
+            }
+        }
+        None
+    })
+    .unwrap_or_else(|| BytesMut::with_capacity(SIZE))
+}
+
+/// Takes back `buf` once its bytes have all been used. Its memory may still be shared for a
+/// moment (a response's last body bytes, on their way to the client, are a slice of it): it
+/// is reclaimed when it is taken again, by then mostly free.
+pub(crate) fn give(buf: BytesMut) {
+    if !buf.is_empty() || buf.capacity() == 0 {
+        return;
+    }
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < KEEP {
+            pool.push(buf);
+        }
+    });
+}
