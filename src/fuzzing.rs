@@ -20,11 +20,12 @@ pub type Entry = fn(&[u8]);
 
 /// Every target: its name (the folder of its corpus, the file in `fuzz/fuzz_targets/`) and its
 /// entry point.
-pub const TARGETS: [(&str, Entry); 5] = [
+pub const TARGETS: [(&str, Entry); 6] = [
     ("config", config),
     ("cookie", cookie),
     ("head", head),
     ("headers", headers),
+    ("request", request),
     ("response", response),
 ];
 
@@ -114,6 +115,12 @@ pub fn head(data: &[u8]) {
 /// check, hop-by-hop stripping and the `X-Forwarded-*` rules: see `proxy/fuzzing.rs`.
 pub fn headers(data: &[u8]) {
     crate::proxy::fuzzing::headers(data);
+}
+
+/// A client's request bytes through sweeplb's head parser, against hyper's server as the
+/// oracle, and fed whole against in two pieces: see `server/fuzzing.rs`.
+pub fn request(data: &[u8]) {
+    crate::server::fuzzing::request(data);
 }
 
 /// A backend's response bytes through the head parser and the chunked decoder, fed whole and

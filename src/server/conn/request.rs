@@ -18,7 +18,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 use smallvec::SmallVec;
 
-use crate::http1::{MAX_FIELDS, content_length};
+use crate::http1::MAX_FIELDS;
 
 /// The longest request target taken (hyper's limit): longer is 414.
 const MAX_TARGET: usize = (u16::MAX - 1) as usize;
@@ -162,13 +162,16 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
                 if coded {
                     continue;
                 }
-                let n = content_length(value.as_bytes()).ok_or(bad("malformed Content-Length"))?;
+                let n = parse_length(value.as_bytes())?;
                 match length {
                     Some(before) if before != n => {
                         return Err(bad("two different Content-Lengths"));
                     }
                     // The same length again: forwarded once.
                     Some(_) => continue,
+                    // The two largest values stand for "chunked" and "until close" in
+                    // hyper's framing, which refused them as too large.
+                    None if n > u64::MAX - 2 => return Err(TOO_LARGE),
                     None => {
                         length = Some(n);
                         framing = if n == 0 {
@@ -221,6 +224,26 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
         expect_continue,
         wants_upgrade,
     }))
+}
+
+/// A request's `Content-Length`: one value, digits only. A list, even of one repeated value,
+/// is refused, as hyper refused it: a client has no reason to send one.
+fn parse_length(raw: &[u8]) -> Result<u64, Refused> {
+    let malformed = bad("malformed Content-Length");
+    if raw.is_empty() {
+        return Err(malformed);
+    }
+    let mut n: u64 = 0;
+    for &b in raw {
+        if !b.is_ascii_digit() {
+            return Err(malformed);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(b - b'0')))
+            .ok_or(malformed)?;
+    }
+    Ok(n)
 }
 
 /// A field's value, sharing the head's bytes. httparse has refused CR, LF and NUL already.
