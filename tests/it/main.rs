@@ -4,6 +4,7 @@
 mod admin;
 mod autoscale;
 mod autoscale_docker;
+mod clients;
 mod dashboard;
 mod discovery;
 mod docker;
