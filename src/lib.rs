@@ -17,9 +17,12 @@
 //!   connections to backends, `body.rs` streamed bodies with their stall deadline,
 //!   `sticky.rs` the key, the pin resolved against the pool and the cookie a response sets,
 //!   `sessions.rs` the session table (active sessions, moves counted once).
-//! - `server`: connection plumbing for any service: accepting, worker threads, the request-head
-//!   deadline (`head_deadline.rs`) and size cap, the write deadline for clients that stop
-//!   reading (`write_deadline.rs`), draining at shutdown (`drain.rs`).
+//! - `server`: HTTP/1.1 with clients for any service: accepting, worker threads, one connection
+//!   spoken by sweeplb (`conn/`: request heads, bodies, responses), the request-head deadline
+//!   (`head_deadline.rs`) and size cap, the write deadline for clients that stop reading
+//!   (`write_deadline.rs`), draining at shutdown (`drain.rs`).
+//! - `http1`, `buffers`: what both HTTP/1.1 sides share (chunked coding, `Content-Length`), and
+//!   the per-thread pool of read buffers.
 //! - `front`: the balancer's service: a bad `Host` answered 400, `/_lb/*` to `admin`,
 //!   everything else to `proxy`.
 //! - `admin`: the `/_lb/*` endpoints (`admin/health.rs`: `/_lb/health`; `admin/metrics.rs`:

@@ -309,8 +309,8 @@ impl Collector for Scrape {
             "sweeplb_requests",
             "Responses sent to clients, by status class. With `backend`: the backend that \
              answered; without: made by the balancer itself (503 with no backend, 502, 504, \
-             408, 400). Admin endpoints are not counted, nor heads hyper refuses before the \
-             balancer sees them (431, 400 for a malformed head).",
+             408, 400). Admin endpoints are not counted, nor heads the server refuses before \
+             the balancer sees them (431, 400 for a malformed head).",
             Counter,
             requests,
         )?;

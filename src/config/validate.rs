@@ -126,8 +126,8 @@ enum Size {
     Other(serde_yaml::Value),
 }
 
-/// The range `limits.max_request_head` accepts. hyper's own read buffer stops at about 400 KiB,
-/// so a larger cap would not be the one that applies; below 1 KiB ordinary requests fail.
+/// The range `limits.max_request_head` accepts: below 1 KiB ordinary requests fail, and a head
+/// is held whole in memory while it is read, so it is kept well short of a body's size.
 const REQUEST_HEAD_RANGE: RangeInclusive<i64> = 1024..=256 * 1024;
 
 /// The accepted forms of `autoscale.docker`, for its refusals.

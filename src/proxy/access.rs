@@ -89,7 +89,7 @@ impl Access {
         session: Session,
     ) {
         self.answered(resp.status(), None, session);
-        // hyper sends no body in answer to HEAD.
+        // No body goes out in answer to HEAD.
         if self.method != Method::HEAD {
             self.bytes = resp.body().size_hint().exact().unwrap_or(0);
         }

@@ -27,9 +27,9 @@ const HOP_BY_HOP: [HeaderName; HOPS] = [
 /// drop whatever it names. `Host` names the site: without it the backend gets a request
 /// HTTP/1.1 calls invalid, or picks its default site for it (RFC 9112 §3.2). `Content-Length`
 /// is the framing the client sent, and of a response to `HEAD` the only size the client gets;
-/// dropped, hyper would reframe the message as chunked, which some backends refuse. Nothing
-/// else needs it: `Transfer-Encoding` is hop-by-hop anyway (hyper decodes and re-encodes the
-/// body), and `X-Forwarded-*` are set after the removal, so a client can drop the list it
+/// dropped, the message would be reframed as chunked, which some backends refuse. Nothing
+/// else needs it: `Transfer-Encoding` is hop-by-hop anyway (the body is decoded and
+/// re-encoded), and `X-Forwarded-*` are set after the removal, so a client can drop the list it
 /// brought but never the address sweeplb appends.
 const NEVER_NAMED_AWAY: [HeaderName; 2] = [header::HOST, header::CONTENT_LENGTH];
 

@@ -571,7 +571,7 @@ impl Worker {
     }
 }
 
-/// The backend agreed to switch protocols: answers the client's 101 and, once hyper has handed
+/// The backend agreed to switch protocols: answers the client's 101 and, once the server has handed
 /// over the client's socket, copies bytes both ways until either side closes. The upstream
 /// connection is the tunnel's from now on, never returned to the idle list; what the backend
 /// sent right behind its 101 goes to the client first.

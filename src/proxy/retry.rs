@@ -4,7 +4,7 @@
 //! A request that reached a backend is sent again at most once, and only when the failure
 //! shows the backend cannot have acted on it; anything else is that client's 502, so one
 //! "query of death" takes down one backend, not the pool:
-//! - the connection could not be made, or hyper handed the request back unwritten: nothing
+//! - the connection could not be made, or the exchange handed the request back unwritten: nothing
 //!   reached the backend, so it goes, body and all, to the next candidate (a warm connection
 //!   first gets one fresh connection to the same backend);
 //! - a warm keep-alive connection that closed before any byte of a response came back: the
@@ -33,7 +33,7 @@ pub(crate) const MAX_BACKENDS_TRIED: usize = 3;
 pub(crate) enum Failure {
     /// No connection could be made to the backend.
     Connect,
-    /// The connection failed around the exchange. `unsent`: hyper handed the request back
+    /// The connection failed around the exchange. `unsent`: the exchange handed the request back
     /// before writing it. `reused`: the connection was a warm keep-alive one. `answered`: some
     /// byte of a response had arrived.
     Exchange {

@@ -5,10 +5,10 @@
 //!
 //! `header_read` holds on every head, finished or not: a read that arrives more than
 //! `header_read` after a head's first byte, with that head still not complete, fails the
-//! connection (a client that dribbles), and so does the deadline passing while hyper waits for
+//! connection (a client that dribbles), and so does the deadline passing while the server waits for
 //! the rest of a head (a client that sent part of one and then nothing: it would otherwise
 //! hold its buffer until `timeouts.idle`). An idle connection past `idle` reads as closed by
-//! its client, and hyper closes it.
+//! its client, and the server closes it.
 //!
 //! One timer per connection, armed the first time it waits and then moved lazily: a timer set
 //! earlier than the deadline is left to fire and only then moved on, so a busy keep-alive
@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// What the connection's reads and its service share. One connection is served by one task,
-/// so the atomics are never contended; they are atomics because hyper wants `Send`.
+/// so the atomics are never contended; they are atomics because a body that reads the socket
+/// must be `Send`.
 #[derive(Debug)]
 pub struct Head {
     opened: Instant,
@@ -190,8 +191,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         }
         let before = buf.filled().len();
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
-            // Idle past `idle` with nothing to read: read as the client's close, so hyper ends
-            // the connection quietly. A request that is already there is taken.
+            // Idle past `idle` with nothing to read: read as the client's close, so the server
+            // ends the connection quietly. A request that is already there is taken.
             Poll::Pending if idle_over => return Poll::Ready(Ok(())),
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => r?,

@@ -59,7 +59,7 @@ pub(crate) enum Outgoing {
 impl Outgoing {
     /// The framing for a request with these headers whose body is (or is not) known empty.
     /// The client's own `Transfer-Encoding` was removed as hop-by-hop; its `Content-Length` is
-    /// kept, and hyper has already held the client's body to it.
+    /// kept, and the server has already held the client's body to it.
     pub(crate) fn of(headers: &HeaderMap, body_empty: bool) -> Outgoing {
         match headers.get(header::CONTENT_LENGTH) {
             Some(v) => match std::str::from_utf8(v.as_bytes())
@@ -67,7 +67,7 @@ impl Outgoing {
                 .and_then(|s| s.parse().ok())
             {
                 Some(n) => Outgoing::Length(n),
-                // hyper refuses a request with a bad length; a retry's copy carries the same.
+                // The server refuses a request with a bad length; a retry's copy carries the same.
                 None => Outgoing::Chunked,
             },
             None if body_empty => Outgoing::None,

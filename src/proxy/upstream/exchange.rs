@@ -431,7 +431,7 @@ impl Streaming {
 
 impl Drop for Streaming {
     fn drop(&mut self) {
-        // hyper may stop polling a body it was told is complete.
+        // A writer may stop polling a body it was told is complete.
         if self.complete() {
             self.finish();
         }
