@@ -627,14 +627,6 @@ backend be
                     f"new conns {r['new_conns']}")
     hwm64 = {t.name: hwm_kib(t.pids) for t in proxies}
 
-    # A returning client is measured above; a first visit (no cookie, so a fresh key and a
-    # Set-Cookie per request) once more, for the record.
-    fresh = []
-    for rnd in range(1 if quick else 3):
-        for t in [targets[2], targets[1]] + targets[4:]:
-            hdr = COOKIE if t.name == "haproxy" else None
-            fresh.append((t.name, measure(t, 64, secs64, hdr)))
-
     log("c=1000, short run per target")
     c1000 = {}
     for t in targets:
@@ -671,6 +663,18 @@ backend be
         idle_rss[t.name] = {"before": before, "after": after, "hwm": hwm}
         log(f"idle {t.name:8} {n_idle} connections held (opened in {opened_s:.1f}s): RSS {before / 1024:.1f} → "
             f"{after / 1024:.1f} MiB, {(after - before) / n_idle:.2f} KiB each, peak {hwm / 1024:.1f} MiB")
+    # A returning client is measured above; a first visit (no cookie, so a fresh key and a
+    # Set-Cookie per request) once more, for the record. Last, after the memory readings
+    # above: every new key is a user sweeplb's session table remembers for `session_idle`, so
+    # a million first visits fill it, and that is the table's memory, not the connections'. It
+    # is read here on its own (RSS after the first visits).
+    fresh = []
+    for rnd in range(1 if quick else 3):
+        for t in [targets[2], targets[1]] + targets[4:]:
+            hdr = COOKIE if t.name == "haproxy" else None
+            fresh.append((t.name, measure(t, 64, secs64, hdr)))
+    rss_fresh = {t.name: rss_kib(t.pids) for t in proxies}
+
     access_file = None
     if acc:
         path = os.path.join(work, "access.log")
@@ -683,6 +687,7 @@ backend be
         if lines == 0:
             raise SystemExit(f"bench: the access-log sweeplb wrote no access line to {path}")
     return {"access_file": access_file, "results": results, "hwm64": hwm64, "hwm1000": hwm1000, "c1000": c1000, "fresh": fresh,
+            "rss_fresh": rss_fresh,
             "idle": {"n": n_idle, "asked": idle, "haproxy_maxconn": maxconn, "nofile": nofile_hard(), "rss": idle_rss},
             "rounds": rounds, "secs64": secs64, "secs1": secs1,
             "names": [t.name for t in targets], "stop": [p for p in (lb, base, acc, hap, ng, backend) if p]}
@@ -1145,6 +1150,12 @@ def report(args, p1, p2, p3, p4, ring_text):
                   f"{med([a['rps'] / b['rps'] for a, b in zip(fs, fb)]):.2f}×, CPU/request "
                   f"{med([(a['cpu_s'] / a['requests']) / (b['cpu_s'] / b['requests']) for a, b in zip(fs, fb)]):.2f}×.")
             w("")
+            hf = p1.get("rss_fresh", {})
+            if hf:
+                w("RSS after the first visits, which come last (each is a new user sweeplb's session "
+                  "table keeps for `balance.session_idle`; the table holds at most 917,504): " + ", ".join(
+                      f"{n} {hf[n] / 1024:.1f} MiB" for n in names if n in hf) + ".")
+                w("")
         c1 = p1["c1000"]
         w("c=1000 (one short run each): " + ", ".join(
             f"{n} {c1[n]['rps']:,.0f} req/s p99 {c1[n]['p99']:.1f} ms" for n in names) + ".")
