@@ -4,6 +4,7 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use smallvec::SmallVec;
 
 /// Fields in one head or trailer section, as hyper allowed.
 pub(crate) const MAX_FIELDS: usize = 100;
@@ -13,6 +14,32 @@ const MAX_CHUNK_EXT: usize = 4 * 1024;
 
 /// The largest trailer section read after a chunked body.
 const MAX_TRAILERS: usize = 64 * 1024;
+
+/// Where a field's name and value are in a head: name start and end, value start and end.
+pub(crate) type FieldAt = (u32, u32, u32, u32);
+
+/// Where each of the `fields` httparse read from `head` is, so that values can be shared with
+/// the head once it is frozen rather than copied. A head is at most a few hundred KiB, so its
+/// offsets fit a u32.
+pub(crate) fn field_offsets(
+    head: &[u8],
+    fields: &[httparse::Header<'_>],
+) -> SmallVec<[FieldAt; 32]> {
+    let base = head.as_ptr() as usize;
+    let offset = |p: *const u8| (p as usize - base) as u32;
+    fields
+        .iter()
+        .map(|f| {
+            let (name, value) = (offset(f.name.as_ptr()), offset(f.value.as_ptr()));
+            (
+                name,
+                name + f.name.len() as u32,
+                value,
+                value + f.value.len() as u32,
+            )
+        })
+        .collect()
+}
 
 /// A chunked body broke the coding.
 #[derive(Debug, thiserror::Error)]

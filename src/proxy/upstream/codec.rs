@@ -14,10 +14,9 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
-use smallvec::SmallVec;
 
 pub(crate) use crate::http1::{ChunkError, Chunked, Decoded, chunk_header};
-use crate::http1::{MAX_FIELDS, content_length};
+use crate::http1::{MAX_FIELDS, content_length, field_offsets};
 
 /// The largest response head accepted, status line and fields. nginx's default
 /// `proxy_buffer_size` is 4-8 KiB and HAProxy's whole buffer 16 KiB; a backend's head larger
@@ -137,11 +136,9 @@ pub(crate) fn parse_response(
         if buf.is_empty() {
             return Ok(None);
         }
-        // Where each field's name and value are in `buf`, so that values can be shared with
-        // the frozen head rather than copied. Neither array is zeroed first: a response's
-        // fields are few, and zeroing room for a hundred cost more than parsing them.
-        let mut at: SmallVec<[(u32, u32, u32, u32); 32]> = SmallVec::new();
-        let (len, code, minor) = {
+        // The fields' array is not zeroed first: a response's fields are few, and zeroing room
+        // for a hundred cost more than parsing them.
+        let (len, at, code, minor) = {
             let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
             let mut resp = httparse::Response::new(&mut []);
             let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -159,20 +156,9 @@ pub(crate) fn parse_response(
             if len > MAX_RESPONSE_HEAD {
                 return Err(BackendError::HeadTooLarge);
             }
-            let base = buf.as_ptr() as usize;
-            // Offsets within a head of at most MAX_RESPONSE_HEAD bytes fit a u32.
-            let offset = |p: *const u8| (p as usize - base) as u32;
-            for f in resp.headers.iter() {
-                let (name, value) = (offset(f.name.as_ptr()), offset(f.value.as_ptr()));
-                at.push((
-                    name,
-                    name + f.name.len() as u32,
-                    value,
-                    value + f.value.len() as u32,
-                ));
-            }
+            let at = field_offsets(buf, resp.headers);
             // Complete means both were read.
-            (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
+            (len, at, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
         };
         if (100..200).contains(&code) && code != 101 {
             // Interim (100 Continue, 103 Early Hints): the final response follows.

@@ -16,9 +16,8 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
-use smallvec::SmallVec;
 
-use crate::http1::MAX_FIELDS;
+use crate::http1::{FieldAt, MAX_FIELDS, field_offsets};
 
 /// The longest request target taken (hyper's limit): longer is 414.
 const MAX_TARGET: usize = (u16::MAX - 1) as usize;
@@ -72,11 +71,9 @@ const TOO_LARGE: Refused = Refused {
 /// Reads a request head off the front of `buf`: `None` while it is not complete. `max_head`
 /// bounds the head, finished or not.
 pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refused> {
-    // Where each field's name and value are, so that values share the frozen head instead of
-    // being copied. Not zeroed: a head's fields are few, and zeroing room for a hundred costs
-    // more than reading them.
-    let mut at: SmallVec<[(u32, u32, u32, u32); 32]> = SmallVec::new();
-    let (len, method, target, minor) = {
+    let (len, at, method, target, minor) = {
+        // Not zeroed: a head's fields are few, and zeroing room for a hundred costs more than
+        // reading them.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
         let mut req = httparse::Request::new(&mut []);
         let parsed = httparse::ParserConfig::default().parse_request_with_uninit_headers(
@@ -97,18 +94,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
             Err(httparse::Error::Version) => return Err(bad("malformed HTTP version")),
             Err(_) => return Err(bad("malformed header field")),
         };
-        let base = buf.as_ptr() as usize;
-        // Offsets within a head of at most `max_head` bytes (a u32 in the config) fit a u32.
-        let offset = |p: *const u8| (p as usize - base) as u32;
-        for f in req.headers.iter() {
-            let (name, value) = (offset(f.name.as_ptr()), offset(f.value.as_ptr()));
-            at.push((
-                name,
-                name + f.name.len() as u32,
-                value,
-                value + f.value.len() as u32,
-            ));
-        }
+        let at = field_offsets(buf, req.headers);
         // Complete means all three were read.
         let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
         if target.len() > MAX_TARGET {
@@ -118,9 +104,10 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
             });
         }
         let method = Method::from_bytes(method.as_bytes()).map_err(|_| bad("malformed method"))?;
-        let start = offset(target.as_ptr()) as usize;
+        let start = target.as_ptr() as usize - buf.as_ptr() as usize;
         (
             len,
+            at,
             method,
             start..start + target.len(),
             req.version.unwrap_or(1),
@@ -252,7 +239,7 @@ fn field_value(head: &Bytes, start: usize, end: usize) -> Result<HeaderValue, Re
 }
 
 /// Whether the head has a `Content-Length` line at all (valid or not).
-fn saw_length(at: &[(u32, u32, u32, u32)], head: &Bytes) -> bool {
+fn saw_length(at: &[FieldAt], head: &Bytes) -> bool {
     at.iter()
         .any(|&(ns, ne, ..)| head[ns as usize..ne as usize].eq_ignore_ascii_case(b"content-length"))
 }
