@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 
@@ -75,18 +76,34 @@ impl Drain {
         E: std::fmt::Display,
     {
         let (id, stop) = self.register();
-        let stops = Arc::clone(&self.stops);
-        let conn = serve(stop);
-        self.tasks.spawn(async move {
-            let ended = conn.await;
-            stops
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .open
-                .remove(&id);
+        let forget = Forget {
+            stops: Arc::clone(&self.stops),
+            id,
+        };
+        // `map`, not an `async` block awaiting `conn`: one would hold the connection's future
+        // twice over (as what it captured and as what it awaits), doubling every connection's
+        // task.
+        self.tasks.spawn(serve(stop).map(move |ended| {
+            drop(forget);
             if let Err(e) = ended {
                 debug!(%peer, error = %e, "client connection ended with an error");
             }
-        });
+        }));
+    }
+}
+
+/// Forgets a connection's stop signal when the connection ends, however it ends.
+struct Forget {
+    stops: Arc<std::sync::Mutex<Stops>>,
+    id: u64,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        self.stops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .open
+            .remove(&self.id);
     }
 }
