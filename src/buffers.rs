@@ -50,3 +50,9 @@ pub(crate) fn give(buf: BytesMut) {
         }
     });
 }
+
+/// Buffers in this thread's pool now.
+#[cfg(test)]
+pub(crate) fn pooled() -> usize {
+    POOL.with(|p| p.borrow().len())
+}

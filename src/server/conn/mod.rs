@@ -22,7 +22,7 @@ use http::{Response, StatusCode};
 use http_body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::oneshot;
 
 use super::head_deadline::{Head as Deadlines, Watched};
@@ -47,7 +47,7 @@ const FLUSH_AT: usize = 64 * 1024;
 /// 101 has been written.
 pub(crate) struct Upgraded {
     early: Bytes,
-    read: Watched<tokio::net::tcp::OwnedReadHalf>,
+    read: Watched<OwnedReadHalf>,
     write: WriteDeadline<OwnedWriteHalf>,
 }
 
@@ -284,6 +284,10 @@ async fn exchange<S: Service>(
     drop(done);
     match side.finish() {
         Some(mut rd) if keep_alive => {
+            // Empty lines before a request line are ignored (RFC 9112, 2.2); some clients
+            // end a request with one. Dropped now, they do not keep a buffer held.
+            let blank = rd.buf.iter().take_while(|&&b| matches!(b, b'\r' | b'\n'));
+            rd.buf.advance(blank.count());
             if rd.buf.is_empty() {
                 // Idle: no buffer held until the next request's bytes come.
                 crate::buffers::give(std::mem::take(&mut rd.buf));
@@ -373,12 +377,20 @@ async fn read_head(reader: &mut Reader, max_head: usize) -> Result<Option<reques
                 return Ok(Some(head));
             }
         }
-        if reader.buf.capacity() == 0 {
-            reader.buf = crate::buffers::take();
-        } else if reader.buf.capacity() - reader.buf.len() < 512 {
-            reader.buf.reserve(HEAD_READ.max(reader.buf.len()));
-        }
-        let n = tokio_util::io::read_buf(&mut reader.io, &mut reader.buf).await?;
+        let n = if reader.buf.capacity() == 0 {
+            match read_pooled(&mut reader.io).await? {
+                Some(buf) => {
+                    reader.buf = buf;
+                    reader.buf.len()
+                }
+                None => return Ok(None),
+            }
+        } else {
+            if reader.buf.capacity() - reader.buf.len() < 512 {
+                reader.buf.reserve(HEAD_READ.max(reader.buf.len()));
+            }
+            tokio_util::io::read_buf(&mut reader.io, &mut reader.buf).await?
+        };
         if n == 0 {
             return if reader.buf.is_empty() {
                 Ok(None)
@@ -387,6 +399,23 @@ async fn read_head(reader: &mut Reader, max_head: usize) -> Result<Option<reques
             };
         }
     }
+}
+
+/// The first bytes of a head, read into a pooled buffer that is held only while a read
+/// brings bytes: an idle connection waits holding none. `None` if the client closed (or
+/// idled out) first.
+async fn read_pooled(io: &mut Watched<OwnedReadHalf>) -> io::Result<Option<BytesMut>> {
+    std::future::poll_fn(|cx| {
+        let mut buf = crate::buffers::take();
+        match tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, &mut buf) {
+            Poll::Ready(Ok(1..)) => Poll::Ready(Ok(Some(buf))),
+            ended => {
+                crate::buffers::give(buf);
+                ended.map_ok(|_| None)
+            }
+        }
+    })
+    .await
 }
 
 /// The write side of a client connection.
@@ -560,5 +589,95 @@ impl Writer {
         }
         out.clear();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    struct Hello;
+
+    impl Service for Hello {
+        type Body = Full<Bytes>;
+
+        async fn call(&self, _: http::Request<RequestBody>, _: &Client) -> Response<Full<Bytes>> {
+            Response::new(Full::new(Bytes::from_static(b"hello")))
+        }
+    }
+
+    /// Serves one connection on this thread (whose buffer pool is the one looked at) and
+    /// sends `request` on it; its response read, the connection is left open and idle.
+    async fn idle_after(request: &[u8]) -> tokio::net::TcpStream {
+        let listener = TcpListener::bind("127.77.200.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let settings = Settings {
+            name: "test",
+            idle: Duration::from_secs(60),
+            header_read: Duration::from_secs(10),
+            shutdown: Duration::from_secs(1),
+            write_stall: Duration::from_secs(10),
+            max_head: 64 * 1024,
+        };
+        let (_stop_tx, stop) = oneshot::channel();
+        tokio::spawn(async move {
+            let _keep = _stop_tx;
+            let client = Client {
+                peer,
+                local: peer,
+                peer_ip: None,
+                tasks: tokio_util::task::TaskTracker::new(),
+                requests: std::sync::atomic::AtomicU64::new(0),
+            };
+            let _ = serve(stream, &Hello, &client, &settings, stop).await;
+        });
+        client.write_all(request).await.unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"hello") {
+            let mut chunk = [0; 1024];
+            let n = client.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+            got.extend_from_slice(&chunk[..n]);
+        }
+        // The server's task goes on from its response to waiting for the next request.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        client
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_holds_no_read_buffer() {
+        let before = crate::buffers::pooled();
+        let _open = idle_after(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await;
+        assert_eq!(crate::buffers::pooled(), before + 1);
+    }
+
+    #[tokio::test]
+    async fn an_empty_line_after_a_request_does_not_keep_a_buffer_held() {
+        let before = crate::buffers::pooled();
+        let mut open = idle_after(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\r\n").await;
+        assert_eq!(crate::buffers::pooled(), before + 1);
+        // And the connection still serves its next request.
+        open.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.ends_with(b"hello") {
+            let mut chunk = [0; 1024];
+            let n = open.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            got.extend_from_slice(&chunk[..n]);
+        }
+        assert!(got.starts_with(b"HTTP/1.1 200 OK\r\n"), "{got:?}");
     }
 }
