@@ -43,20 +43,41 @@ pub struct Head {
     first_byte: AtomicU64,
     /// Set once the connection has become a tunnel: its bytes are no longer HTTP.
     off: AtomicBool,
+    /// After this long idle (if sooner than `idle_ms`) the connection is to be parked;
+    /// `u64::MAX`: never.
+    park_ms: u64,
+    /// Set when the connection's idle time reached `park_ms`: its reads end as if the client
+    /// had closed, and the server parks it rather than closing it.
+    park_due: AtomicBool,
 }
 
 impl Head {
     /// `limit` for a head from its first byte, `idle` between requests.
+    #[cfg(any(test, feature = "fuzzing"))]
     pub fn new(limit: Duration, idle: Duration) -> Arc<Head> {
+        Head::parking(limit, idle, None)
+    }
+
+    /// As [`Head::new`], and a connection idle for `park` (if sooner than `idle`) reads as
+    /// closed with [`Head::park_due`] set.
+    pub fn parking(limit: Duration, idle: Duration, park: Option<Duration>) -> Arc<Head> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
         Arc::new(Head {
             opened: Instant::now(),
-            limit_ms: u64::try_from(limit.as_millis()).unwrap_or(u64::MAX),
-            idle_ms: u64::try_from(idle.as_millis()).unwrap_or(u64::MAX),
+            limit_ms: ms(limit),
+            idle_ms: ms(idle),
             idle_since: AtomicU64::new(0),
             busy: AtomicU32::new(0),
             first_byte: AtomicU64::new(0),
             off: AtomicBool::new(false),
+            park_ms: park.map_or(u64::MAX, ms),
+            park_due: AtomicBool::new(false),
         })
+    }
+
+    /// Whether the connection has idled long enough to be parked.
+    pub fn park_due(&self) -> bool {
+        self.park_due.load(Ordering::Relaxed)
     }
 
     /// A head is complete: its request goes to the service.
@@ -78,7 +99,7 @@ impl Head {
                 Waiting::Idle,
                 self.idle_since
                     .load(Ordering::Relaxed)
-                    .checked_add(self.idle_ms)?,
+                    .checked_add(self.idle_ms.min(self.park_ms))?,
             ),
         };
         let at = self.opened.checked_add(Duration::from_millis(ms))?;
@@ -157,6 +178,10 @@ impl<S> Watched<S> {
     pub fn get_ref(&self) -> &S {
         &self.inner
     }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
@@ -193,7 +218,13 @@ impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
         match Pin::new(&mut self.inner).poll_read(cx, buf) {
             // Idle past `idle` with nothing to read: read as the client's close, so the server
             // ends the connection quietly. A request that is already there is taken.
-            Poll::Pending if idle_over => return Poll::Ready(Ok(())),
+            // Idle past the park time, sooner than `idle`: the same, and the server parks it.
+            Poll::Pending if idle_over => {
+                if self.head.park_ms < self.head.idle_ms {
+                    self.head.park_due.store(true, Ordering::Relaxed);
+                }
+                return Poll::Ready(Ok(()));
+            }
             Poll::Pending => return Poll::Pending,
             Poll::Ready(r) => r?,
         }

@@ -12,12 +12,13 @@ mod drain;
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) mod fuzzing;
 mod head_deadline;
+mod lot;
 mod write_deadline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -32,6 +33,12 @@ use tracing::{debug, info, warn};
 pub(crate) use conn::OnUpgrade;
 pub(crate) use conn::body::{BodyError, RequestBody};
 use drain::Drain;
+use lot::{Lot, Parked};
+
+/// How long a keep-alive connection waits for its next request as a task of its own before it
+/// is parked (see `lot.rs`). Past it the connection costs a descriptor and a map entry, not a
+/// task; its next request costs two system calls more to bring it back.
+const PARK_AFTER: Duration = Duration::from_secs(1);
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -113,11 +120,13 @@ pub(crate) async fn serve<S: Service>(
     for (index, service) in services.into_iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel();
         let open = Arc::new(AtomicUsize::new(0));
+        let (park, parked) = mpsc::unbounded_channel();
         let worker = Worker {
             service,
             open: Arc::clone(&open),
             drain: Drain::new(),
             settings: Arc::clone(&settings),
+            park,
         };
         let shutdown = shutdown.clone();
         let thread = std::thread::Builder::new()
@@ -127,7 +136,7 @@ pub(crate) async fn serve<S: Service>(
                     .enable_all()
                     .build()
                 {
-                    Ok(rt) => rt.block_on(worker.run(rx, shutdown)),
+                    Ok(rt) => rt.block_on(worker.run(rx, parked, shutdown)),
                     Err(e) => warn!(error = %e, "cannot start a worker runtime"),
                 }
             });
@@ -201,6 +210,17 @@ struct Worker<S> {
     /// The worker's connections and the tasks they started, drained at shutdown.
     drain: Drain,
     settings: LiveSettings,
+    /// Where the worker's connections go to be parked.
+    park: mpsc::UnboundedSender<Parked>,
+}
+
+/// What a worker's loop wakes up for.
+enum Wake {
+    Accepted(std::net::TcpStream, SocketAddr),
+    Parking(Parked),
+    Resumed,
+    Expiry,
+    Stop,
 }
 
 impl From<Settings> for LiveSettings {
@@ -214,28 +234,63 @@ impl<S: Service> Worker<S> {
     async fn run(
         self,
         mut incoming: mpsc::UnboundedReceiver<(std::net::TcpStream, SocketAddr)>,
+        mut parked: mpsc::UnboundedReceiver<Parked>,
         shutdown: CancellationToken,
     ) {
         let mut settings = self.settings.load_full();
         self.service.start(&shutdown);
+        let mut lot = match Lot::new() {
+            Ok(lot) => Some(lot),
+            Err(e) => {
+                warn!(error = %e, "cannot start the parking lot: idle connections close after {PARK_AFTER:?}");
+                None
+            }
+        };
+        let mut resumed = Vec::new();
+        let mut expiry = tokio::time::interval(Duration::from_secs(1));
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
+            let occupied = lot.as_ref().is_some_and(|lot| !lot.is_empty());
+            let wake = tokio::select! {
+                _ = shutdown.cancelled() => Wake::Stop,
                 next = incoming.recv() => match next {
-                    Some(c) => c,
-                    None => break,
+                    Some((stream, peer)) => Wake::Accepted(stream, peer),
+                    None => Wake::Stop,
                 },
-            };
-            let stream = TcpStream::from_std(stream);
-            let Ok((stream, local)) = stream.and_then(|s| s.local_addr().map(|l| (s, l))) else {
-                self.open.fetch_sub(1, Ordering::Relaxed);
-                continue;
+                Some(conn) = parked.recv() => Wake::Parking(conn),
+                woke = async { lot.as_mut()?.ready(&mut resumed).await.ok() }, if occupied => match woke {
+                    Some(()) => Wake::Resumed,
+                    None => Wake::Expiry,
+                },
+                _ = expiry.tick(), if occupied => Wake::Expiry,
             };
             if !Arc::ptr_eq(&settings, &self.settings.load()) {
                 settings = self.settings.load_full();
             }
-            self.connection(&settings, stream, peer, local);
+            match wake {
+                Wake::Stop => break,
+                Wake::Accepted(stream, peer) => self.adopt(&settings, stream, peer, 0),
+                Wake::Parking(conn) => {
+                    if !lot.as_mut().is_some_and(|lot| lot.park(conn)) {
+                        self.open.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Wake::Resumed => {
+                    for conn in resumed.drain(..) {
+                        self.adopt(&settings, conn.stream, conn.peer, conn.requests);
+                    }
+                }
+                Wake::Expiry => {
+                    let closed = lot.as_mut().map_or(0, |lot| lot.expire(Instant::now()));
+                    self.open.fetch_sub(closed, Ordering::Relaxed);
+                }
+            }
         }
+        // Parked connections are idle ones: they close at once, as an idle task's do.
+        parked.close();
+        let left =
+            lot.map_or(0, |lot| lot.len()) + std::iter::from_fn(|| parked.try_recv().ok()).count();
+        self.open.fetch_sub(left, Ordering::Relaxed);
         let settings = self.settings.load_full();
         if !self.drain.wait(settings.shutdown).await {
             warn!(
@@ -249,27 +304,63 @@ impl<S: Service> Worker<S> {
         }
     }
 
+    /// Takes a connection handed over by the acceptor, or back from the lot, with the
+    /// `requests` it has brought so far.
+    fn adopt(
+        &self,
+        settings: &Arc<Settings>,
+        stream: std::net::TcpStream,
+        peer: SocketAddr,
+        requests: u64,
+    ) {
+        let stream = TcpStream::from_std(stream);
+        match stream.and_then(|s| s.local_addr().map(|l| (s, l))) {
+            Ok((stream, local)) => self.connection(settings, stream, peer, local, requests),
+            Err(_) => {
+                self.open.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     fn connection(
         &self,
         settings: &Arc<Settings>,
         stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
+        requests: u64,
     ) {
         let client = Client {
             peer,
             local,
             peer_ip: HeaderValue::from_str(&peer.ip().to_string()).ok(),
             tasks: self.drain.tasks(),
-            requests: std::sync::atomic::AtomicU64::new(0),
+            requests: std::sync::atomic::AtomicU64::new(requests),
         };
         let open = Arc::clone(&self.open);
         let service = Arc::clone(&self.service);
         let settings = Arc::clone(settings);
+        let park = self.park.clone();
         self.drain.serve(peer, move |stop| async move {
             let ended = conn::serve(stream, &*service, &client, &settings, stop).await;
+            if let Ok(Some(stream)) = ended {
+                // Idle for PARK_AFTER: the rest of its keep-alive time is spent in the lot.
+                let parked = stream.into_std().map(|stream| Parked {
+                    stream,
+                    peer,
+                    requests: client.requests.load(Ordering::Relaxed),
+                    until: Instant::now() + settings.idle.saturating_sub(PARK_AFTER),
+                });
+                if let Ok(parked) = parked
+                    && park.send(parked).is_ok()
+                {
+                    return Ok(());
+                }
+                open.fetch_sub(1, Ordering::Relaxed);
+                return Ok(());
+            }
             open.fetch_sub(1, Ordering::Relaxed);
-            ended
+            ended.map(drop)
         });
     }
 }

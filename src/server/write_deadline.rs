@@ -33,6 +33,10 @@ impl<S> WriteDeadline<S> {
             progressed: true,
         }
     }
+
+    pub(crate) fn into_inner(self) -> S {
+        self.inner
+    }
 }
 
 /// What a write returned, checked against the deadline: progress clears it, waiting arms it.

@@ -164,3 +164,59 @@ async fn a_body_the_balancer_answers_without_reading_does_not_spoil_the_connecti
     );
     lb.stop().await;
 }
+
+// A keep-alive connection idle for a second is parked: no longer a task of its own, its socket
+// waits in its worker's poller (src/server/lot.rs). These are what its client sees of that.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_idle_past_the_park_time_is_served_again_on_the_same_socket() {
+    let net = Net::new(201);
+    let (_backend, lb) = balancer(&net).await;
+    let mut c = TcpStream::connect(lb.addr).await.unwrap();
+    for round in 0..3 {
+        let path = format!("/round-{round}");
+        c.write_all(format!("GET {path} HTTP/1.1\r\nhost: a\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let want = format!("GET {path} 0");
+        let got = read_until(&mut c, want.as_bytes()).await;
+        assert!(
+            got.starts_with("HTTP/1.1 200 OK\r\n"),
+            "round {round}: {got:?}"
+        );
+        assert!(got.ends_with(&want), "round {round}: {got:?}");
+        // Past the park time (1 s), well within `timeouts.idle` (60 s by default).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    // Pipelined bytes that arrive together wake it the same.
+    c.write_all(b"GET /x HTTP/1.1\r\nhost: a\r\n\r\nGET /y HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until(&mut c, b"GET /y 0").await;
+    assert!(
+        got.contains("GET /x 0") && got.ends_with("GET /y 0"),
+        "{got:?}"
+    );
+    lb.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_a_parked_connection_at_once() {
+    let net = Net::new(202);
+    let (_backend, lb) = balancer(&net).await;
+    let mut c = TcpStream::connect(lb.addr).await.unwrap();
+    c.write_all(b"GET /p HTTP/1.1\r\nhost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until(&mut c, b"GET /p 0").await;
+    assert!(got.ends_with("GET /p 0"), "{got:?}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    lb.stop().await;
+    // Closed by the balancer, as an idle connection's task is, not left open behind it.
+    let mut buf = [0u8; 64];
+    let closed = tokio::time::timeout(Duration::from_secs(5), c.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a parked connection outlived the balancer's shutdown: {closed:?}"
+    );
+}

@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 
 use super::head_deadline::{Head as Deadlines, Watched};
 use super::write_deadline::WriteDeadline;
-use super::{BoxError, Client, Service, Settings};
+use super::{BoxError, Client, PARK_AFTER, Service, Settings};
 use crate::http1::Chunked;
 use body::{Left, Reader, RequestBody};
 use request::Framing;
@@ -114,15 +114,17 @@ pub(crate) enum Ended {
 }
 
 /// Serves HTTP/1.1 on `stream` until the client closes, an error, or `stop` (an idle
-/// connection closes at once; a busy one after its response).
+/// connection closes at once; a busy one after its response). A connection that has waited
+/// [`PARK_AFTER`] for its next request, with nothing of it read, is handed back to be
+/// parked.
 pub(crate) async fn serve<S: Service>(
     stream: TcpStream,
     service: &S,
     client: &Client,
     settings: &Settings,
     mut stop: oneshot::Receiver<()>,
-) -> Result<(), Ended> {
-    let deadlines = Deadlines::new(settings.header_read, settings.idle);
+) -> Result<Option<TcpStream>, Ended> {
+    let deadlines = Deadlines::parking(settings.header_read, settings.idle, Some(PARK_AFTER));
     let (read, write) = stream.into_split();
     let mut side = ReadSide {
         here: Some((
@@ -145,14 +147,18 @@ pub(crate) async fn serve<S: Service>(
             _ = &mut stop, if !stopping => {
                 stopping = true;
                 if rd.buf.is_empty() {
-                    return Ok(());
+                    return Ok(None);
                 }
                 read_head(&mut rd, settings.max_head).await
             }
         };
         let head = match head {
             Ok(Some(head)) => head,
-            Ok(None) => return Ok(()),
+            Ok(None) if deadlines.park_due() && !stopping => {
+                let read = rd.io.into_inner();
+                return Ok(read.reunite(writer.io.into_inner()).ok());
+            }
+            Ok(None) => return Ok(None),
             Err(Ended::Refused(refused)) => {
                 writer.refuse(refused.status).await;
                 return Err(refused.into());
@@ -179,9 +185,9 @@ pub(crate) async fn serve<S: Service>(
             Next::Request => {}
             Next::Close => {
                 let _ = writer.io.shutdown().await;
-                return Ok(());
+                return Ok(None);
             }
-            Next::Gone => return Ok(()),
+            Next::Gone => return Ok(None),
             Next::Upgraded(tx, early) => {
                 if let Some((rd, _)) = side.here.take() {
                     let _ = tx.send(Upgraded {
@@ -190,11 +196,11 @@ pub(crate) async fn serve<S: Service>(
                         write: writer.io,
                     });
                 }
-                return Ok(());
+                return Ok(None);
             }
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// What a connection does after an exchange.
