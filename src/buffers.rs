@@ -1,9 +1,11 @@
-//! Read buffers, pooled per worker thread. A connection, on either side, holds a read buffer
-//! only while bytes are in it: when it goes idle its buffer comes back here for the next
+//! Buffers, pooled per worker thread. A connection, on either side, holds a read buffer only
+//! while bytes are in it: when it goes idle its buffer comes back here for the next
 //! connection that reads, as HAProxy and Sōzu take theirs from a pool, where hyper kept 8 KiB
-//! per connection for its whole life.
+//! per connection for its whole life. Heads and small body frames are written from a
+//! [`Scratch`] buffer, held only while they are written.
 
 use std::cell::RefCell;
+use std::ops::{Deref, DerefMut};
 
 use bytes::BytesMut;
 
@@ -49,6 +51,53 @@ pub(crate) fn give(buf: BytesMut) {
             pool.push(buf);
         }
     });
+}
+
+/// A buffer to frame heads and small body frames in before they are written, taken from the
+/// few each worker thread keeps and given back when dropped.
+pub(crate) struct Scratch(Vec<u8>);
+
+/// Scratch buffers kept per thread, and the largest kept.
+const SCRATCH_KEEP: usize = 64;
+const SCRATCH_KEEP_UP_TO: usize = 64 * 1024;
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Scratch {
+    pub(crate) fn take() -> Scratch {
+        let spare = SCRATCH.try_with(|s| s.borrow_mut().pop()).ok().flatten();
+        Scratch(spare.unwrap_or_else(|| Vec::with_capacity(1024)))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let mut buf = std::mem::take(&mut self.0);
+        if buf.capacity() <= SCRATCH_KEEP_UP_TO {
+            buf.clear();
+            let _ = SCRATCH.try_with(|s| {
+                let mut s = s.borrow_mut();
+                if s.len() < SCRATCH_KEEP {
+                    s.push(buf);
+                }
+            });
+        }
+    }
+}
+
+impl Deref for Scratch {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl DerefMut for Scratch {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
 }
 
 /// Buffers in this thread's pool now.

@@ -1,6 +1,6 @@
-//! HTTP/1.1 wire pieces both sides of the proxy share: the chunked coding (RFC 9112 §7.1) and
-//! `Content-Length` values (RFC 9110 §8.6). Pure functions over a buffer, strict where a lax
-//! reading would let two parsers disagree on where a message ends.
+//! HTTP/1.1 wire pieces both sides of the proxy share: the chunked coding (RFC 9112 §7.1),
+//! `Content-Length` values (RFC 9110 §8.6) and field-value lists. Pure functions over a
+//! buffer, strict where a lax reading would let two parsers disagree on where a message ends.
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -56,6 +56,22 @@ pub(crate) enum ChunkError {
 pub(crate) fn chunk_header(len: usize, dst: &mut Vec<u8>) {
     use std::io::Write;
     let _ = write!(dst, "{len:x}\r\n");
+}
+
+/// Whether the last coding of a `Transfer-Encoding` value is `chunked`: the coding applied
+/// last (RFC 9112 §6.1).
+pub(crate) fn is_chunked(value: &[u8]) -> bool {
+    value
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+/// Whether a comma-separated list names `token`, in any case.
+pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
+    value
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// A `Content-Length` value: digits, or a list of the same digits (RFC 9110 §8.6). At most 18

@@ -192,10 +192,7 @@ pub(crate) fn parse_response(
             } else if name == header::TRANSFER_ENCODING {
                 coded = true;
                 // The last coding of the last field is the one applied last (RFC 9112 §6.1).
-                chunked_last = raw
-                    .rsplit(|&b| b == b',')
-                    .next()
-                    .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+                chunked_last = crate::http1::is_chunked(raw);
             } else if name == header::CONNECTION {
                 for token in raw.split(|&b| b == b',').map(<[u8]>::trim_ascii) {
                     if token.eq_ignore_ascii_case(b"close") {

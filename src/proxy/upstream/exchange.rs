@@ -9,9 +9,8 @@
 //!
 //! A connection holds no buffer while it is idle: the read buffer is dropped when a response
 //! ends and made again by the next, and request heads are written from a few buffers each
-//! worker thread keeps ([`Scratch`]).
+//! worker thread keeps ([`Scratch`](crate::buffers::Scratch)).
 
-use std::cell::RefCell;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -28,6 +27,7 @@ use tokio_util::io::poll_read_buf;
 
 use super::codec::{self, BackendError, Chunked, Decoded, Framing, Outgoing, ResponseHead};
 use super::{Conn, Connections};
+use crate::buffers::Scratch;
 use crate::proxy::body::RequestBody;
 use crate::server::BoxError;
 
@@ -533,53 +533,5 @@ impl Body for Streaming {
             State::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
         }
-    }
-}
-
-/// A buffer for request heads and small body frames, taken from the few each worker thread
-/// keeps and given back when the request is written, so that no connection holds one while
-/// it waits.
-struct Scratch(Vec<u8>);
-
-/// Buffers kept per thread, and the largest kept.
-const SPARE_BUFFERS: usize = 64;
-const SPARE_CAPACITY: usize = 16 * 1024;
-
-thread_local! {
-    static SPARE: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-impl Scratch {
-    fn take() -> Scratch {
-        let spare = SPARE.try_with(|s| s.borrow_mut().pop()).ok().flatten();
-        Scratch(spare.unwrap_or_else(|| Vec::with_capacity(1024)))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() <= SPARE_CAPACITY {
-            buf.clear();
-            let _ = SPARE.try_with(|s| {
-                let mut s = s.borrow_mut();
-                if s.len() < SPARE_BUFFERS {
-                    s.push(buf);
-                }
-            });
-        }
-    }
-}
-
-impl std::ops::Deref for Scratch {
-    type Target = Vec<u8>;
-    fn deref(&self) -> &Vec<u8> {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for Scratch {
-    fn deref_mut(&mut self) -> &mut Vec<u8> {
-        &mut self.0
     }
 }

@@ -28,6 +28,7 @@ use tokio::sync::oneshot;
 use super::head_deadline::{Head as Deadlines, Watched};
 use super::write_deadline::WriteDeadline;
 use super::{BoxError, Client, PARK_AFTER, Service, Settings};
+use crate::buffers::Scratch;
 use crate::http1::Chunked;
 use body::{Left, Reader, RequestBody};
 use request::Framing;
@@ -429,39 +430,13 @@ struct Writer {
     io: WriteDeadline<OwnedWriteHalf>,
 }
 
-thread_local! {
-    /// Response heads and small body frames are framed here: one buffer per worker thread,
-    /// taken by a response while it writes.
-    static SCRATCH: std::cell::RefCell<Vec<Vec<u8>>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// Scratch buffers over this are not kept.
-const KEEP_SCRATCH: usize = 64 * 1024;
-
-fn take_scratch() -> Vec<u8> {
-    SCRATCH.with(|s| s.borrow_mut().pop()).unwrap_or_default()
-}
-
-fn put_scratch(mut buf: Vec<u8>) {
-    if buf.capacity() <= KEEP_SCRATCH {
-        buf.clear();
-        SCRATCH.with(|s| {
-            let mut s = s.borrow_mut();
-            if s.len() < 64 {
-                s.push(buf);
-            }
-        });
-    }
-}
-
 impl Writer {
     /// Answers a refused head and lets the connection close.
     async fn refuse(&mut self, status: StatusCode) {
-        let mut out = take_scratch();
+        let mut out = Scratch::take();
         response::encode_refusal(status, &mut out);
         let _ = self.io.write_all(&out).await;
         let _ = self.io.shutdown().await;
-        put_scratch(out);
     }
 
     /// Writes `response` whole; whether the connection may carry another request.
@@ -478,10 +453,10 @@ impl Writer {
                 None => Size::Unknown,
             }
         };
-        let mut out = take_scratch();
+        let mut out = Scratch::take();
         let (mut encoder, keep_alive) = response::encode_head(&parts, size, ex, &mut out);
         drop(parts);
-        let result = if encoder == Encoder::Length(0) {
+        if encoder == Encoder::Length(0) {
             // No body (or none allowed): the body is not read, as hyper did not read it.
             drop(body);
             self.write_out(&mut out, None).await.map(|()| keep_alive)
@@ -489,9 +464,7 @@ impl Writer {
             self.write_body(body, &mut encoder, &mut out)
                 .await
                 .map(|()| keep_alive)
-        };
-        put_scratch(out);
-        result
+        }
     }
 
     async fn write_body<B>(

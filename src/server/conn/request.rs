@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
 
-use crate::http1::{FieldAt, MAX_FIELDS, field_offsets};
+use crate::http1::{FieldAt, MAX_FIELDS, field_offsets, has_token, is_chunked};
 
 /// The longest request target taken (hyper's limit): longer is 414.
 const MAX_TARGET: usize = (u16::MAX - 1) as usize;
@@ -242,19 +242,4 @@ fn field_value(head: &Bytes, start: usize, end: usize) -> Result<HeaderValue, Re
 fn saw_length(at: &[FieldAt], head: &Bytes) -> bool {
     at.iter()
         .any(|&(ns, ne, ..)| head[ns as usize..ne as usize].eq_ignore_ascii_case(b"content-length"))
-}
-
-/// Whether the last coding of a `Transfer-Encoding` value is `chunked`.
-pub(crate) fn is_chunked(value: &[u8]) -> bool {
-    value
-        .rsplit(|&b| b == b',')
-        .next()
-        .is_some_and(|c| c.trim_ascii().eq_ignore_ascii_case(b"chunked"))
-}
-
-/// Whether a comma-separated list names `token`, in any case.
-pub(crate) fn has_token(value: &[u8], token: &[u8]) -> bool {
-    value
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }

@@ -10,8 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Version, response};
 
-use super::request::{has_token, is_chunked};
 use crate::http1::content_length;
+use crate::http1::{has_token, is_chunked};
 
 /// How the body goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
