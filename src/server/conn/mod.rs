@@ -142,37 +142,31 @@ pub(crate) async fn serve<S: Service>(
     };
     let mut stopping = false;
     while let Some((mut rd, _)) = side.here.take() {
-        let head = tokio::select! {
-            biased;
-            head = read_head(&mut rd, settings.max_head) => head,
-            _ = &mut stop, if !stopping => {
-                stopping = true;
-                if rd.buf.is_empty() {
-                    return Ok(None);
+        // Waiting for a request's first bytes is all an idle connection does, and this small
+        // future all it holds; the rest of the head is read in the request's boxed part.
+        if rd.buf.is_empty() {
+            let first = tokio::select! {
+                biased;
+                first = read_pooled(&mut rd.io) => first,
+                _ = &mut stop, if !stopping => return Ok(None),
+            };
+            match first {
+                Ok(Some(buf)) => rd.buf = buf,
+                Ok(None) if deadlines.park_due() && !stopping => {
+                    let read = rd.io.into_inner();
+                    return Ok(read.reunite(writer.io.into_inner()).ok());
                 }
-                read_head(&mut rd, settings.max_head).await
+                Ok(None) => return Ok(None),
+                Err(e) => return Err(e.into()),
             }
-        };
-        let head = match head {
-            Ok(Some(head)) => head,
-            Ok(None) if deadlines.park_due() && !stopping => {
-                let read = rd.io.into_inner();
-                return Ok(read.reunite(writer.io.into_inner()).ok());
-            }
-            Ok(None) => return Ok(None),
-            Err(Ended::Refused(refused)) => {
-                writer.refuse(refused.status).await;
-                return Err(refused.into());
-            }
-            Err(e) => return Err(e),
-        };
-        // Boxed: the request's part (the service's future, ~4.7 KiB for the proxy's, and the
-        // response being written) would otherwise make every connection's task that much
-        // larger for its whole life, idle or not; boxed, an idle connection holds nothing of it.
+        }
+        // Boxed: the request's part (its head, the service's future, ~4.7 KiB for the
+        // proxy's, and the response being written) would otherwise make every connection's
+        // task that much larger for its whole life, idle or not; boxed, an idle connection
+        // holds nothing of it.
         let next = Box::pin(exchange(
             service,
             client,
-            head,
             rd,
             &mut side,
             &mut writer,
@@ -216,13 +210,13 @@ enum Next {
     Upgraded(oneshot::Sender<Upgraded>, Bytes),
 }
 
-/// One request: the service called with it, and its response written.
+/// One request from its first bytes: the rest of its head read, the service called with it,
+/// and its response written.
 #[allow(clippy::too_many_arguments)]
 async fn exchange<S: Service>(
     service: &S,
     client: &Client,
-    head: request::Head,
-    rd: Reader,
+    mut rd: Reader,
     side: &mut ReadSide,
     writer: &mut Writer,
     deadlines: &Arc<Deadlines>,
@@ -230,6 +224,15 @@ async fn exchange<S: Service>(
     stop: &mut oneshot::Receiver<()>,
     stopping: &mut bool,
 ) -> Result<Next, Ended> {
+    let head = match read_head(&mut rd, settings.max_head).await {
+        Ok(Some(head)) => head,
+        Ok(None) => return Ok(Next::Gone),
+        Err(Ended::Refused(refused)) => {
+            writer.refuse(refused.status).await;
+            return Err(refused.into());
+        }
+        Err(e) => return Err(e),
+    };
     let done = deadlines.request_started();
     client
         .requests
