@@ -18,27 +18,26 @@ const MAX_TRAILERS: usize = 64 * 1024;
 /// Where a field's name and value are in a head: name start and end, value start and end.
 pub(crate) type FieldAt = (u32, u32, u32, u32);
 
-/// Where each of the `fields` httparse read from `head` is, so that values can be shared with
-/// the head once it is frozen rather than copied. A head is at most a few hundred KiB, so its
-/// offsets fit a u32.
+/// Where each of the `fields` httparse read from `head` is, pushed onto `at`, so that values
+/// can be shared with the head once it is frozen rather than copied. A head is at most a few
+/// hundred KiB, so its offsets fit a u32. (Filled in place: returned by value, the array was
+/// copied on its way out of both parsers, ~500 instructions a request.)
 pub(crate) fn field_offsets(
     head: &[u8],
     fields: &[httparse::Header<'_>],
-) -> SmallVec<[FieldAt; 32]> {
+    at: &mut SmallVec<[FieldAt; 32]>,
+) {
     let base = head.as_ptr() as usize;
     let offset = |p: *const u8| (p as usize - base) as u32;
-    fields
-        .iter()
-        .map(|f| {
-            let (name, value) = (offset(f.name.as_ptr()), offset(f.value.as_ptr()));
-            (
-                name,
-                name + f.name.len() as u32,
-                value,
-                value + f.value.len() as u32,
-            )
-        })
-        .collect()
+    for f in fields {
+        let (name, value) = (offset(f.name.as_ptr()), offset(f.value.as_ptr()));
+        at.push((
+            name,
+            name + f.name.len() as u32,
+            value,
+            value + f.value.len() as u32,
+        ));
+    }
 }
 
 /// A chunked body broke the coding.

@@ -14,6 +14,7 @@ use std::mem::MaybeUninit;
 use bytes::{Buf, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
+use smallvec::SmallVec;
 
 pub(crate) use crate::http1::{ChunkError, Chunked, Decoded, chunk_header};
 use crate::http1::{MAX_FIELDS, content_length, field_offsets};
@@ -138,7 +139,8 @@ pub(crate) fn parse_response(
         }
         // The fields' array is not zeroed first: a response's fields are few, and zeroing room
         // for a hundred cost more than parsing them.
-        let (len, at, code, minor) = {
+        let mut at = SmallVec::new();
+        let (len, code, minor) = {
             let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
             let mut resp = httparse::Response::new(&mut []);
             let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -156,9 +158,9 @@ pub(crate) fn parse_response(
             if len > MAX_RESPONSE_HEAD {
                 return Err(BackendError::HeadTooLarge);
             }
-            let at = field_offsets(buf, resp.headers);
+            field_offsets(buf, resp.headers, &mut at);
             // Complete means both were read.
-            (len, at, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
+            (len, resp.code.unwrap_or(0), resp.version.unwrap_or(1))
         };
         if (100..200).contains(&code) && code != 101 {
             // Interim (100 Continue, 103 Early Hints): the final response follows.

@@ -16,6 +16,7 @@ use std::mem::MaybeUninit;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, StatusCode, Uri, Version};
+use smallvec::SmallVec;
 
 use crate::http1::{FieldAt, MAX_FIELDS, field_offsets, has_token, is_chunked};
 
@@ -71,7 +72,8 @@ const TOO_LARGE: Refused = Refused {
 /// Reads a request head off the front of `buf`: `None` while it is not complete. `max_head`
 /// bounds the head, finished or not.
 pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>, Refused> {
-    let (len, at, method, target, minor) = {
+    let mut at = SmallVec::new();
+    let (len, method, target, minor) = {
         // Not zeroed: a head's fields are few, and zeroing room for a hundred costs more than
         // reading them.
         let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_FIELDS];
@@ -94,7 +96,7 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
             Err(httparse::Error::Version) => return Err(bad("malformed HTTP version")),
             Err(_) => return Err(bad("malformed header field")),
         };
-        let at = field_offsets(buf, req.headers);
+        field_offsets(buf, req.headers, &mut at);
         // Complete means all three were read.
         let (method, target) = (req.method.unwrap_or(""), req.path.unwrap_or(""));
         if target.len() > MAX_TARGET {
@@ -107,7 +109,6 @@ pub(crate) fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Option<Head>,
         let start = target.as_ptr() as usize - buf.as_ptr() as usize;
         (
             len,
-            at,
             method,
             start..start + target.len(),
             req.version.unwrap_or(1),
