@@ -225,8 +225,7 @@ async fn exchange<S: Service>(
     stopping: &mut bool,
 ) -> Result<Next, Ended> {
     let head = match read_head(&mut rd, settings.max_head).await {
-        Ok(Some(head)) => head,
-        Ok(None) => return Ok(Next::Gone),
+        Ok(head) => head,
         Err(Ended::Refused(refused)) => {
             writer.refuse(refused.status).await;
             return Err(refused.into());
@@ -379,34 +378,17 @@ impl ReadSide {
     }
 }
 
-/// Reads until `reader.buf` holds a whole head: `None` if the client closed cleanly first.
-async fn read_head(reader: &mut Reader, max_head: usize) -> Result<Option<request::Head>, Ended> {
+/// Reads until `reader.buf`, which holds a head's first bytes, holds the whole head.
+async fn read_head(reader: &mut Reader, max_head: usize) -> Result<request::Head, Ended> {
     loop {
-        if !reader.buf.is_empty() {
-            if let Some(head) = request::parse(&mut reader.buf, max_head)? {
-                return Ok(Some(head));
-            }
+        if let Some(head) = request::parse(&mut reader.buf, max_head)? {
+            return Ok(head);
         }
-        let n = if reader.buf.capacity() == 0 {
-            match read_pooled(&mut reader.io).await? {
-                Some(buf) => {
-                    reader.buf = buf;
-                    reader.buf.len()
-                }
-                None => return Ok(None),
-            }
-        } else {
-            if reader.buf.capacity() - reader.buf.len() < 512 {
-                reader.buf.reserve(HEAD_READ.max(reader.buf.len()));
-            }
-            tokio_util::io::read_buf(&mut reader.io, &mut reader.buf).await?
-        };
-        if n == 0 {
-            return if reader.buf.is_empty() {
-                Ok(None)
-            } else {
-                Err(Ended::MidHead)
-            };
+        if reader.buf.capacity() - reader.buf.len() < 512 {
+            reader.buf.reserve(HEAD_READ.max(reader.buf.len()));
+        }
+        if tokio_util::io::read_buf(&mut reader.io, &mut reader.buf).await? == 0 {
+            return Err(Ended::MidHead);
         }
     }
 }
